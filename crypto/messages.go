@@ -1,6 +1,7 @@
 package crypto
 
 import (
+	"bytes"
 	"crypto/aes"
 	"errors"
 	"fmt"
@@ -88,8 +89,22 @@ func checkVersion(what string, b []byte) error {
 	if v := int(b[0] >> 4); v != protocol.CurrentVersion {
 		return fmt.Errorf("%w: %s version %d (want %d)", ErrUnsupportedVersion, what, v, protocol.CurrentVersion)
 	}
+	if b[0] != versionByte {
+		return fmt.Errorf("%w: %s version byte 0x%02x (want 0x%02x)", ErrUnsupportedVersion, what, b[0], versionByte)
+	}
 	return nil
 }
+
+// versionByte is the first byte of every message the library writes.
+const versionByte = '0' + protocol.CurrentVersion
+
+// The library checks a SignalMessage's MAC, and a SenderKeyMessage's
+// signature, over its own re-encoding of the decoded fields rather than over
+// the received bytes, so a different encoding of the same fields (added
+// unknown fields, another field order) would verify too. Requiring the
+// received bytes to be exactly the library's encoding closes that
+// malleability: what verifies is what was sent.
+var errNonCanonical = fmt.Errorf("%w: non-canonical encoding", ErrInvalidMessage)
 
 // parseSignalMessage decodes and validates a SignalMessage.
 func parseSignalMessage(b []byte) (msg *protocol.SignalMessage, err error) {
@@ -109,6 +124,12 @@ func parseSignalMessage(b []byte) (msg *protocol.SignalMessage, err error) {
 	}
 	if err := checkCBC("signal message", st.CipherText); err != nil {
 		return nil, err
+	}
+	body := serializer.SignalMessage.Serialize(&protocol.SignalMessageStructure{
+		RatchetKey: st.RatchetKey, Counter: st.Counter, PreviousCounter: st.PreviousCounter, CipherText: st.CipherText,
+	})
+	if !bytes.Equal(body, b[1:len(b)-protocol.MacLength]) {
+		return nil, fmt.Errorf("parse signal message: %w", errNonCanonical)
 	}
 	msg, err = protocol.NewSignalMessageFromStruct(st, serializer.SignalMessage)
 	if err != nil {
@@ -143,6 +164,9 @@ func parsePreKeySignalMessage(b []byte) (msg *protocol.PreKeySignalMessage, err 
 	if _, err := parseSignalMessage(st.Message); err != nil {
 		return nil, fmt.Errorf("parse prekey message: %w", err)
 	}
+	if !bytes.Equal(serializer.PreKeySignalMessage.Serialize(st), b) {
+		return nil, fmt.Errorf("parse prekey message: %w", errNonCanonical)
+	}
 	msg, err = protocol.NewPreKeySignalMessageFromStruct(st, serializer.PreKeySignalMessage, serializer.SignalMessage)
 	if err != nil {
 		return nil, fmt.Errorf("parse prekey message: %w: %w", ErrInvalidMessage, err)
@@ -168,6 +192,10 @@ func parseSenderKeyMessage(b []byte) (msg *protocol.SenderKeyMessage, err error)
 	}
 	if err := checkCBC("sender key message", st.CipherText); err != nil {
 		return nil, err
+	}
+	signed := serializer.SenderKeyMessage.Serialize(st)
+	if !bytes.Equal(signed, b) {
+		return nil, fmt.Errorf("parse sender key message: %w", errNonCanonical)
 	}
 	msg, err = protocol.NewSenderKeyMessageFromStruct(st, serializer.SenderKeyMessage)
 	if err != nil {

@@ -41,7 +41,7 @@ type Bundle struct {
 // Validate checks every field's size and range and the signed prekey's
 // signature. A bad signature yields an error wrapping
 // ErrBadSignedPreKeySignature; anything else malformed, ErrInvalidBundle.
-func (b *Bundle) Validate() error {
+func (b Bundle) Validate() error {
 	if _, err := ParsePublicKey(b.IdentityKey); err != nil {
 		return fmt.Errorf("%w: identity key: %w", ErrInvalidBundle, err)
 	}
