@@ -32,7 +32,7 @@ const (
 )
 
 // PreKey is a one-time or last-resort prekey: an id the owner chose
-// (1–16777214; 0 means "none" in libsignal and is refused) and a 33-byte
+// (1–16777215; 0 means "none" in libsignal and is refused) and a 33-byte
 // public key (0x05 ‖ X25519).
 type PreKey struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
