@@ -1,0 +1,472 @@
+// Package sqlite is the relay's embedded queue store: queue.Store on one
+// SQLite file (modernc.org/sqlite, pure Go), for a single-node hush-server.
+//
+// # Durability
+//
+// The database runs in WAL mode with synchronous=FULL: every commit fsyncs
+// the WAL before it returns, so a Put that returned nil survives kill -9 and
+// power loss alike. (synchronous=NORMAL would skip that fsync and only
+// survive a process crash; a SendAck promises more than that.)
+//
+// # Group commit
+//
+// One fsync costs ~0.1–1 ms, so one transaction per Put would cap the relay
+// at a few thousand messages per second. Instead every write (Put, Ack,
+// Sweep) is handed to one writer goroutine over a channel. The writer takes
+// whatever has queued up while the previous fsync ran — up to 1,024 ops —
+// and applies it as one transaction with one fsync; each caller then gets
+// its own result. The more concurrent senders, the larger the batches and
+// the fewer fsyncs per message; a lone sender still pays exactly one.
+//
+// Each op runs in its own SAVEPOINT, so an op that fails alone (a recipient
+// queue at its cap, a ServerID stored twice) is rolled back alone and the
+// rest of the batch commits. A failure of the transaction itself (disk full,
+// I/O error, the fsync) fails every op in the batch, and none is stored.
+// A caller whose context ends while it waits gets ctx.Err(); its op may or
+// may not have committed (a Put's retry with the same ClientID is safe). An
+// op whose context ended before its batch started is not applied.
+//
+// The writer uses its connection at the database/sql/driver level with
+// statements prepared once: it is the hottest path of the relay and has no
+// use for pooling. Reads (Fetch, Depth, Oldest) go through a separate pool
+// of read-only connections, which WAL lets run concurrently with the writer.
+//
+// # Schema
+//
+// queue holds one row per (device, message) keyed by (account, device,
+// server_id) — the Cassandra partition and clustering key — with the
+// device's own ciphertext inline or, for group sends, a reference to the
+// payloads table, where the shared ciphertext is stored once with a
+// reference count. idempotency maps (sender, sender device, client id) to
+// the original server id. depth counts each device's messages so the cap
+// check is one lookup. The schema is versioned (schema_version) and migrated
+// forward at Open.
+//
+// Files are created 0600 in a 0700 directory: they hold ciphertext and
+// metadata (who writes to whom, and when).
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/hushchat/hush/server/queue"
+)
+
+// Options configures the store; they are the options common to all queue
+// backends.
+type Options = queue.Options
+
+// Store is the SQLite queue store. It implements queue.Store and
+// queue.PayloadCounter.
+type Store struct {
+	path string
+	opts queue.Options
+
+	rdb                               *sql.DB
+	fetchQ, depthQ, oldestQ, payloadQ *sql.Stmt
+
+	wc    *wconn
+	w     *writer
+	reqs  chan *op
+	stats stats
+
+	mu         sync.RWMutex // guards closed against sends on reqs
+	closed     bool
+	isClosed   atomic.Bool
+	writerDone chan struct{}
+	closeOnce  sync.Once
+	closeErr   error
+
+	ops sync.Pool
+}
+
+var (
+	_ queue.Store          = (*Store)(nil)
+	_ queue.PayloadCounter = (*Store)(nil)
+)
+
+// Open opens (creating if needed) the queue database at path and starts its
+// writer. The directory is created 0700 if missing, the files 0600.
+func Open(path string, opts Options) (*Store, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("queue database %s: %w", path, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
+		return nil, fmt.Errorf("queue database directory: %w", err)
+	}
+	// Create the file ourselves so it gets 0600 whatever the umask; SQLite
+	// gives the -wal and -shm files the database file's mode.
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("queue database %s: %w", abs, err)
+	}
+	fi, err := f.Stat()
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("queue database %s: %w", abs, err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		if err := os.Chmod(abs, 0o600); err != nil {
+			return nil, fmt.Errorf("queue database %s: restrict permissions: %w", abs, err)
+		}
+	}
+
+	s := &Store{
+		path:       abs,
+		opts:       opts,
+		reqs:       make(chan *op, maxBatchOps),
+		writerDone: make(chan struct{}),
+	}
+	s.ops.New = func() any { return &op{done: make(chan struct{}, 1)} }
+
+	// The read pool is opened (lazily) first only to reach the registered
+	// driver; the writer connection must exist before any reader so that it
+	// sets up WAL and the schema.
+	s.rdb, err = sql.Open("sqlite", dsn(abs, readPragmas))
+	if err != nil {
+		return nil, fmt.Errorf("queue database %s: %w", abs, err)
+	}
+	dc, err := s.rdb.Driver().Open(dsn(abs, writePragmas))
+	if err != nil {
+		s.rdb.Close()
+		return nil, wrapErr("open "+abs, err)
+	}
+	s.wc = &wconn{c: dc}
+	if err := migrate(s.wc); err != nil {
+		s.wc.close()
+		s.rdb.Close()
+		return nil, wrapErr("migrate "+abs, err)
+	}
+	s.w, err = newWriter(s.wc, opts.DepthLimit(), &s.stats)
+	if err != nil {
+		s.wc.close()
+		s.rdb.Close()
+		return nil, wrapErr("open "+abs, err)
+	}
+
+	n := max(4, runtime.GOMAXPROCS(0))
+	s.rdb.SetMaxOpenConns(n)
+	s.rdb.SetMaxIdleConns(n)
+	s.rdb.SetConnMaxIdleTime(0)
+	for _, p := range []struct {
+		s **sql.Stmt
+		q string
+	}{
+		{&s.fetchQ, `SELECT q.server_id, q.sender, q.sender_device, q.type, q.server_time, coalesce(q.payload, p.bytes)
+			FROM queue AS q LEFT JOIN payloads AS p ON p.id = q.payload_id
+			WHERE q.account = ?1 AND q.device = ?2 AND q.server_id > ?3 AND q.expires > ?4
+			ORDER BY q.server_id LIMIT ?5`},
+		{&s.depthQ, `SELECT n FROM depth WHERE account = ?1 AND device = ?2`},
+		{&s.oldestQ, `SELECT min(server_time) FROM queue`},
+		{&s.payloadQ, `SELECT count(*) FROM payloads`},
+	} {
+		*p.s, err = s.rdb.Prepare(p.q)
+		if err != nil {
+			s.wc.close()
+			s.rdb.Close()
+			return nil, wrapErr("prepare", err)
+		}
+	}
+	go s.run()
+	return s, nil
+}
+
+const (
+	// busy_timeout covers another process (a backup, the sqlite3 shell)
+	// holding a lock; the relay's own writes never contend.
+	writePragmas = "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
+		"&_pragma=foreign_keys(0)&_pragma=temp_store(MEMORY)&_pragma=cache_size(-32768)" +
+		"&_pragma=journal_size_limit(67108864)"
+	readPragmas = "_pragma=busy_timeout(10000)&_pragma=query_only(1)&_pragma=cache_size(-16384)"
+)
+
+func dsn(path, pragmas string) string {
+	u := url.URL{Scheme: "file", Path: path, RawQuery: pragmas}
+	return u.String()
+}
+
+// Path returns the database file's absolute path.
+func (s *Store) Path() string { return s.path }
+
+// run is the writer goroutine: it takes what has queued up (at least one
+// op), applies it as one transaction, answers every op, and repeats until
+// reqs is closed and drained.
+func (s *Store) run() {
+	defer close(s.writerDone)
+	batch := make([]*op, 0, maxBatchOps)
+	for {
+		o, ok := <-s.reqs
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], o)
+		cost := o.cost()
+	fill:
+		for len(batch) < maxBatchOps && cost < maxBatchCost {
+			select {
+			case o, ok := <-s.reqs:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, o)
+				cost += o.cost()
+			default:
+				break fill
+			}
+		}
+		s.w.runBatch(batch)
+		for i, o := range batch {
+			o.done <- struct{}{}
+			batch[i] = nil
+		}
+	}
+}
+
+func (s *Store) newOp(ctx context.Context, kind opKind) *op {
+	o := s.ops.Get().(*op)
+	o.kind, o.ctx = kind, ctx
+	return o
+}
+
+// release returns an op whose result has been read to the pool.
+func (s *Store) release(o *op) {
+	done := o.done
+	*o = op{done: done}
+	s.ops.Put(o)
+}
+
+// submit hands o to the writer and waits for its result. On error the op
+// must not be reused: the writer may still hold it.
+func (s *Store) submit(ctx context.Context, o *op) error {
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return queue.ErrClosed
+	}
+	select {
+	case s.reqs <- o:
+		s.mu.RUnlock()
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return ctx.Err()
+	}
+	select {
+	case <-o.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Put implements queue.Store.
+func (s *Store) Put(ctx context.Context, p queue.Put) (queue.PutResult, error) {
+	if s.isClosed.Load() {
+		return queue.PutResult{}, queue.ErrClosed
+	}
+	if err := p.Validate(); err != nil {
+		return queue.PutResult{}, err
+	}
+	o := s.newOp(ctx, opPut)
+	o.put = &p
+	o.now = s.opts.Now().UnixMilli()
+	if err := s.submit(ctx, o); err != nil {
+		return queue.PutResult{}, err
+	}
+	res, err := o.res, o.err
+	s.release(o)
+	return res, err
+}
+
+// Ack implements queue.Store.
+func (s *Store) Ack(ctx context.Context, d queue.Device, serverIDs []uint64) (int, error) {
+	if s.isClosed.Load() {
+		return 0, queue.ErrClosed
+	}
+	if err := d.Validate(); err != nil {
+		return 0, err
+	}
+	if len(serverIDs) == 0 {
+		return 0, nil
+	}
+	o := s.newOp(ctx, opAck)
+	o.dev, o.ids = d, serverIDs
+	if err := s.submit(ctx, o); err != nil {
+		return 0, err
+	}
+	n, err := o.n, o.err
+	s.release(o)
+	return n, err
+}
+
+// Sweep implements queue.Store. It works in chunks of a few thousand rows,
+// one transaction each, so a large expiry never stalls the senders for long.
+func (s *Store) Sweep(ctx context.Context, now time.Time) (int, error) {
+	total := 0
+	for {
+		if s.isClosed.Load() {
+			return total, queue.ErrClosed
+		}
+		o := s.newOp(ctx, opSweep)
+		o.now, o.limit = now.UnixMilli(), sweepChunk
+		if err := s.submit(ctx, o); err != nil {
+			return total, err
+		}
+		n, more, err := o.n, o.more, o.err
+		s.release(o)
+		total += n
+		if err != nil || !more {
+			return total, err
+		}
+	}
+}
+
+// Fetch implements queue.Store.
+func (s *Store) Fetch(ctx context.Context, d queue.Device, afterServerID uint64, limit int) ([]queue.Message, error) {
+	if s.isClosed.Load() {
+		return nil, queue.ErrClosed
+	}
+	if err := queue.ValidateFetch(d, limit); err != nil {
+		return nil, err
+	}
+	if afterServerID >= queue.MaxServerID {
+		return nil, nil
+	}
+	now := s.opts.Now().UnixMilli()
+	rows, err := s.fetchQ.QueryContext(ctx, d.Account, int64(d.ID), int64(afterServerID), now, limit)
+	if err != nil {
+		return nil, s.readErr(ctx, "fetch", err)
+	}
+	defer rows.Close()
+	var out []queue.Message
+	for rows.Next() {
+		var (
+			m      queue.Message
+			id, st int64
+			sdev   int64
+			typ    int64
+		)
+		if err := rows.Scan(&id, &m.Sender, &sdev, &typ, &st, &m.Payload); err != nil {
+			return nil, s.readErr(ctx, "fetch", err)
+		}
+		if m.Payload == nil {
+			return nil, fmt.Errorf("queue fetch %s: message %d has no payload (database damaged)", d, id)
+		}
+		m.ServerID, m.SenderDevice, m.Type, m.ServerTime = uint64(id), uint32(sdev), int32(typ), fromMillis(st)
+		out = append(out, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.readErr(ctx, "fetch", err)
+	}
+	return out, nil
+}
+
+// Depth implements queue.Store.
+func (s *Store) Depth(ctx context.Context, d queue.Device) (int, error) {
+	if s.isClosed.Load() {
+		return 0, queue.ErrClosed
+	}
+	if err := d.Validate(); err != nil {
+		return 0, err
+	}
+	var n int64
+	err := s.depthQ.QueryRowContext(ctx, d.Account, int64(d.ID)).Scan(&n)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, s.readErr(ctx, "depth", err)
+	}
+	return int(n), nil
+}
+
+// Oldest implements queue.Store.
+func (s *Store) Oldest(ctx context.Context) (time.Time, error) {
+	if s.isClosed.Load() {
+		return time.Time{}, queue.ErrClosed
+	}
+	var ms sql.NullInt64
+	if err := s.oldestQ.QueryRowContext(ctx).Scan(&ms); err != nil {
+		return time.Time{}, s.readErr(ctx, "oldest", err)
+	}
+	if !ms.Valid {
+		return time.Time{}, nil
+	}
+	return fromMillis(ms.Int64), nil
+}
+
+// Payloads implements queue.PayloadCounter.
+func (s *Store) Payloads(ctx context.Context) (int, error) {
+	if s.isClosed.Load() {
+		return 0, queue.ErrClosed
+	}
+	var n int64
+	if err := s.payloadQ.QueryRowContext(ctx).Scan(&n); err != nil {
+		return 0, s.readErr(ctx, "payloads", err)
+	}
+	return int(n), nil
+}
+
+// readErr maps a read failure: a cancelled caller gets ctx.Err(), a read
+// racing Close gets ErrClosed.
+func (s *Store) readErr(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if s.isClosed.Load() {
+		return queue.ErrClosed
+	}
+	return wrapErr(op, err)
+}
+
+// Stats are counters of the writer since Open.
+type Stats struct {
+	// Commits counts committed transactions; with synchronous=FULL each is
+	// one fsync of the WAL. Commits/(Puts+Acks) is the fsyncs per write.
+	Commits   uint64
+	Rollbacks uint64 // whole batches lost to a storage failure
+	Puts      uint64 // Puts applied, duplicates and refused ones included
+	Acks      uint64
+	Sweeps    uint64 // sweep chunks
+}
+
+// Stats returns the writer's counters.
+func (s *Store) Stats() Stats {
+	return Stats{
+		Commits:   s.stats.commits.Load(),
+		Rollbacks: s.stats.rollbacks.Load(),
+		Puts:      s.stats.puts.Load(),
+		Acks:      s.stats.acks.Load(),
+		Sweeps:    s.stats.sweeps.Load(),
+	}
+}
+
+// Close stops accepting requests, waits for the writes already submitted to
+// commit, and closes the database (SQLite then checkpoints the WAL into the
+// main file). Calling it again returns the first result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.isClosed.Store(true)
+		s.mu.Lock()
+		s.closed = true
+		close(s.reqs)
+		s.mu.Unlock()
+		<-s.writerDone
+		// Readers first, so that the writer's connection is the last one
+		// and SQLite checkpoints and removes the WAL.
+		s.closeErr = errors.Join(s.rdb.Close(), s.wc.close())
+	})
+	return s.closeErr
+}
