@@ -2,7 +2,6 @@ package crypto
 
 import (
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -267,12 +266,3 @@ func (s *SignedPreKey) String() string { return fmt.Sprintf("SignedPreKey{id:%d}
 
 // GoString keeps %#v from printing the private key.
 func (s *SignedPreKey) GoString() string { return s.String() }
-
-// randomUint32 is used where libsignal wants a random id.
-func randomUint32() (uint32, error) {
-	var b [4]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return 0, err
-	}
-	return binary.BigEndian.Uint32(b[:]), nil
-}
