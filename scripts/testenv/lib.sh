@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # variables for the scripts that source this
 # Shared by scripts/testenv/up and scripts/testenv/down; sourced, not run.
 #
 # Layout (all under the git-ignored .testenv/ of the checkout):
