@@ -59,7 +59,9 @@ is_ours() {
 	[[ $comm == "$want" ]] || return 1
 	alive "$pid" || return 1
 	cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) || return 1
-	[[ $cwd == "$TE/$svc" || $cwd == "$TE/$svc/"* ]]
+	# "(deleted)": .testenv was removed under a running service (rm -rf
+	# .testenv without down); it is still ours to stop.
+	[[ $cwd == "$TE/$svc" || $cwd == "$TE/$svc/"* || $cwd == "$TE/$svc (deleted)" ]]
 }
 
 # strays SVC prints pids of SVC processes working in $TE/SVC that no pid
