@@ -61,6 +61,8 @@ func NewEnv(t *testing.T, st store.Store, configure func(*keyserver.Config)) *En
 		InternalSecret: "internal-test-secret",
 		Logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Registerer:     prometheus.NewRegistry(),
+		// Tests register many accounts from one address.
+		AnonRate: ratelimit.Rate{Burst: 1 << 20, Per: time.Minute},
 	}
 	if configure != nil {
 		configure(&cfg)
