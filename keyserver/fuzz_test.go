@@ -113,7 +113,10 @@ func FuzzPreKeyUpload(f *testing.F) {
 	seed(f, &protocol.PreKeyUpload{OneTimePrekeys: d.OneTimePrekeys})
 	addCommonSeeds(f)
 	fuzzDecoder(f, func() *protocol.PreKeyUpload { return new(protocol.PreKeyUpload) },
-		func(m *protocol.PreKeyUpload) error { _, err := oneTimePreKeys("one_time_prekeys", m.GetOneTimePrekeys(), 0); return err })
+		func(m *protocol.PreKeyUpload) error {
+			_, err := oneTimePreKeys("one_time_prekeys", m.GetOneTimePrekeys(), 0)
+			return err
+		})
 }
 
 func FuzzSignedPreKey(f *testing.F) {
@@ -121,7 +124,10 @@ func FuzzSignedPreKey(f *testing.F) {
 	seed(f, d.SignedPrekey)
 	addCommonSeeds(f)
 	fuzzDecoder(f, func() *protocol.SignedPreKey { return new(protocol.SignedPreKey) },
-		func(m *protocol.SignedPreKey) error { _, err := signedPreKey("signed_prekey", m, d.IdentityKey); return err })
+		func(m *protocol.SignedPreKey) error {
+			_, err := signedPreKey("signed_prekey", m, d.IdentityKey)
+			return err
+		})
 }
 
 func FuzzLastResortPreKey(f *testing.F) {
