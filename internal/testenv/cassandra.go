@@ -46,7 +46,9 @@ func NeedCassandra(t testing.TB) Cassandra {
 	}
 	c := Cassandra{Hosts: hosts, Port: port, Keyspace: uniqueName(t, '_', 48)}
 
-	admin, err := c.cluster("system").CreateSession()
+	adminCfg := c.cluster("system")
+	adminCfg.Timeout = ddlTimeout // schema changes wait for agreement
+	admin, err := adminCfg.CreateSession()
 	if err != nil {
 		unavailable(t, inCI(), "Cassandra", fmt.Sprintf("%s=%s does not answer: %v", EnvCassandra, raw, err))
 	}
