@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -310,13 +311,33 @@ func (db *DB) MarkRead(ctx context.Context, conv string) ([]Message, error) {
 }
 
 // MarkReadByID implements MessageStore.
-func (db *DB) MarkReadByID(ctx context.Context, sender string, ids [][]byte) error {
-	return db.inTx(ctx, func(q querier) error {
+func (db *DB) MarkReadByID(ctx context.Context, ids [][]byte) ([]string, error) {
+	convs := map[string]bool{}
+	err := db.inTx(ctx, func(q querier) error {
 		for _, id := range ids {
-			if _, err := q.ExecContext(ctx, "UPDATE messages SET read = 1 WHERE sender = ? AND msg_id = ? AND outgoing = 0", sender, id); err != nil {
+			rows, err := q.QueryContext(ctx, "UPDATE messages SET read = 1 WHERE msg_id = ? AND outgoing = 0 AND read = 0 RETURNING conv", id)
+			if err != nil {
+				return fmt.Errorf("mark message read: %w", err)
+			}
+			for rows.Next() {
+				var c string
+				if err := rows.Scan(&c); err != nil {
+					rows.Close()
+					return fmt.Errorf("mark message read: %w", err)
+				}
+				convs[c] = true
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
 				return fmt.Errorf("mark message read: %w", err)
 			}
 		}
 		return nil
 	})
+	out := make([]string, 0, len(convs))
+	for c := range convs {
+		out = append(out, c)
+	}
+	slices.Sort(out)
+	return out, err
 }

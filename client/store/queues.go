@@ -13,7 +13,7 @@ import (
 
 // --- OutboxStore ---
 
-const outboxCols = `seq, kind, message, group_id, accounts, own_devices, content, sync_content, client_id, frame,
+const outboxCols = `seq, kind, message, group_id, accounts, own_devices, depends_on, content, sync_content, client_id, frame,
 	state, attempts, not_before_ms, error, created_ms`
 
 func scanOutbox(sc interface{ Scan(...any) error }, it *OutboxItem) error {
@@ -21,7 +21,7 @@ func scanOutbox(sc interface{ Scan(...any) error }, it *OutboxItem) error {
 	var accounts string
 	var own int
 	var notBefore, created int64
-	if err := sc.Scan(&it.Seq, &it.Kind, &msg, &it.GroupID, &accounts, &own, &it.Content, &it.SyncContent,
+	if err := sc.Scan(&it.Seq, &it.Kind, &msg, &it.GroupID, &accounts, &own, &it.DependsOn, &it.Content, &it.SyncContent,
 		&it.ClientID, &it.Frame, &it.State, &it.Attempts, &notBefore, &it.Error, &created); err != nil {
 		return err
 	}
@@ -47,10 +47,10 @@ func (db *DB) Enqueue(ctx context.Context, it *OutboxItem) error {
 	if it.Message != 0 {
 		msg = it.Message
 	}
-	err := db.wq(ctx).QueryRowContext(ctx, `INSERT INTO outbox (kind, message, group_id, accounts, own_devices, content,
-		sync_content, client_id, frame, state, attempts, not_before_ms, error, created_ms)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq`,
-		it.Kind, msg, it.GroupID, strings.Join(it.Accounts, ","), b2i(it.OwnDevices), it.Content, it.SyncContent,
+	err := db.wq(ctx).QueryRowContext(ctx, `INSERT INTO outbox (kind, message, group_id, accounts, own_devices, depends_on,
+		content, sync_content, client_id, frame, state, attempts, not_before_ms, error, created_ms)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq`,
+		it.Kind, msg, it.GroupID, strings.Join(it.Accounts, ","), b2i(it.OwnDevices), it.DependsOn, it.Content, it.SyncContent,
 		it.ClientID, it.Frame, it.State, it.Attempts, ms(it.NotBefore), it.Error, ms(it.Created)).Scan(&it.Seq)
 	if err != nil {
 		return fmt.Errorf("enqueue send: %w", err)
@@ -59,9 +59,10 @@ func (db *DB) Enqueue(ctx context.Context, it *OutboxItem) error {
 }
 
 // PendingOutbox implements OutboxStore.
-func (db *DB) PendingOutbox(ctx context.Context, after int64, limit int) ([]OutboxItem, error) {
-	rows, err := db.rq(ctx).QueryContext(ctx, "SELECT "+outboxCols+" FROM outbox WHERE seq > ? AND state = ? ORDER BY seq LIMIT ?",
-		after, OutboxQueued, limit)
+func (db *DB) PendingOutbox(ctx context.Context, now time.Time, limit int) ([]OutboxItem, error) {
+	rows, err := db.rq(ctx).QueryContext(ctx, "SELECT "+outboxCols+` FROM outbox o WHERE state = ? AND not_before_ms <= ?
+		AND (depends_on = 0 OR NOT EXISTS (SELECT 1 FROM outbox d WHERE d.seq = o.depends_on)) ORDER BY seq LIMIT ?`,
+		OutboxQueued, now.UnixMilli(), limit)
 	if err != nil {
 		return nil, fmt.Errorf("list outbox: %w", err)
 	}
@@ -78,6 +79,20 @@ func (db *DB) PendingOutbox(ctx context.Context, after int64, limit int) ([]Outb
 		return nil, fmt.Errorf("list outbox: %w", err)
 	}
 	return out, nil
+}
+
+// NextOutboxDue implements OutboxStore.
+func (db *DB) NextOutboxDue(ctx context.Context, now time.Time) (time.Time, bool, error) {
+	var next sql.NullInt64
+	err := db.rq(ctx).QueryRowContext(ctx, "SELECT MIN(not_before_ms) FROM outbox WHERE state = ? AND not_before_ms > ?",
+		OutboxQueued, now.UnixMilli()).Scan(&next)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("next outbox due: %w", err)
+	}
+	if !next.Valid {
+		return time.Time{}, false, nil
+	}
+	return time.UnixMilli(next.Int64), true, nil
 }
 
 // OutboxItem implements OutboxStore.
@@ -267,6 +282,14 @@ func (db *DB) AddSenderKeyHolders(ctx context.Context, groupID []byte, devices [
 		}
 		return nil
 	})
+}
+
+// RemoveSenderKeyHolder implements GroupStore.
+func (db *DB) RemoveSenderKeyHolder(ctx context.Context, device crypto.Address) error {
+	if _, err := db.wq(ctx).ExecContext(ctx, "DELETE FROM sender_key_shared WHERE name = ? AND device = ?", device.Name, device.DeviceID); err != nil {
+		return fmt.Errorf("remove sender key holder %s: %w", device, err)
+	}
+	return nil
 }
 
 // ResetSenderKeyHolders implements GroupStore.

@@ -157,6 +157,7 @@ var schema = []string{
 		group_id      BLOB,
 		accounts      TEXT NOT NULL DEFAULT '',
 		own_devices   INTEGER NOT NULL DEFAULT 0,
+		depends_on    INTEGER NOT NULL DEFAULT 0,
 		content       BLOB NOT NULL,
 		sync_content  BLOB,
 		client_id     BLOB,

@@ -115,16 +115,49 @@ func (db *DB) Close() error {
 type txKey struct{}
 
 type txState struct {
-	db *DB
-	tx *sql.Tx
+	db    *DB
+	tx    *sql.Tx
+	depth int
+}
+
+func (st *txState) savepoint(ctx context.Context, fn func(ctx context.Context) error) (err error) {
+	st.depth++
+	name := fmt.Sprintf("sp%d", st.depth)
+	defer func() { st.depth-- }()
+	if _, err := st.tx.ExecContext(ctx, "SAVEPOINT "+name); err != nil {
+		return fmt.Errorf("savepoint: %w", err)
+	}
+	rollback := func() {
+		// Errors here leave the outer transaction to fail at commit.
+		st.tx.ExecContext(context.WithoutCancel(ctx), "ROLLBACK TO "+name)
+		st.tx.ExecContext(context.WithoutCancel(ctx), "RELEASE "+name)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			rollback()
+			panic(r)
+		}
+	}()
+	if err := fn(ctx); err != nil {
+		rollback()
+		return err
+	}
+	if _, err := st.tx.ExecContext(ctx, "RELEASE "+name); err != nil {
+		return fmt.Errorf("release savepoint: %w", err)
+	}
+	return nil
 }
 
 // Atomic implements crypto.Store: fn's writes through ctx commit together,
 // or not at all when fn returns an error (or panics). A call inside
-// another Atomic of the same DB joins it.
+// another Atomic of the same DB joins its transaction under a savepoint:
+// when the inner fn fails, exactly its own writes are undone and the outer
+// transaction goes on. That is what lets the client run a decryption that
+// may fail (and must then change nothing) inside the transaction that
+// records the envelope as processed.
 func (db *DB) Atomic(ctx context.Context, fn func(ctx context.Context) error) (err error) {
 	if st, ok := ctx.Value(txKey{}).(*txState); ok && st.db == db {
-		return fn(ctx)
+		return st.savepoint(ctx, fn)
 	}
 	tx, err := db.w.BeginTx(ctx, nil)
 	if err != nil {

@@ -239,9 +239,10 @@ type MessageStore interface {
 	Recipients(ctx context.Context, seq int64) ([]Recipient, error)
 	// MarkRead marks conv's unread incoming messages read and returns them.
 	MarkRead(ctx context.Context, conv string) ([]Message, error)
-	// MarkReadByID marks the given incoming messages of sender read (a
-	// read sync from another of this account's devices).
-	MarkReadByID(ctx context.Context, sender string, ids [][]byte) error
+	// MarkReadByID marks the given incoming messages read (a read sync
+	// from another of this account's devices) and returns the
+	// conversations touched.
+	MarkReadByID(ctx context.Context, ids [][]byte) ([]string, error)
 }
 
 // Outbox kinds.
@@ -271,22 +272,29 @@ type OutboxItem struct {
 	OwnDevices  bool
 	Content     []byte // encoded, unpadded protocol.Content
 	SyncContent []byte
-	ClientID    []byte // set when Frame is
-	Frame       []byte // encoded Send frame, once encrypted
-	State       int
-	Attempts    int
-	NotBefore   time.Time
-	Error       string
-	Created     time.Time
+	// DependsOn names an item that must be acknowledged (and so deleted)
+	// before this one is sent: a group message waits for the sender-key
+	// distribution it needs.
+	DependsOn int64
+	ClientID  []byte // set when Frame is
+	Frame     []byte // encoded Send frame, once encrypted
+	State     int
+	Attempts  int
+	NotBefore time.Time
+	Error     string
+	Created   time.Time
 }
 
 // OutboxStore keeps the outbox.
 type OutboxStore interface {
 	// Enqueue appends an item and sets its Seq.
 	Enqueue(ctx context.Context, it *OutboxItem) error
-	// PendingOutbox lists queued (not blocked) items with Seq > after, in
-	// order.
-	PendingOutbox(ctx context.Context, after int64, limit int) ([]OutboxItem, error)
+	// PendingOutbox lists, in order, up to limit queued items that are due
+	// at now and whose dependency is gone.
+	PendingOutbox(ctx context.Context, now time.Time, limit int) ([]OutboxItem, error)
+	// NextOutboxDue returns the earliest future not-before of a queued
+	// item, or false.
+	NextOutboxDue(ctx context.Context, now time.Time) (time.Time, bool, error)
 	// OutboxItem returns one item.
 	OutboxItem(ctx context.Context, seq int64) (*OutboxItem, error)
 	// UpdateOutbox rewrites an item's mutable fields (client id, frame,
@@ -334,6 +342,9 @@ type GroupStore interface {
 	SenderKeyHolders(ctx context.Context, groupID []byte) ([]crypto.Address, error)
 	// AddSenderKeyHolders records that devices got the current sender key.
 	AddSenderKeyHolders(ctx context.Context, groupID []byte, devices []crypto.Address) error
+	// RemoveSenderKeyHolder forgets one device in every group (its
+	// session was rebuilt, so it must be sent the key again).
+	RemoveSenderKeyHolder(ctx context.Context, device crypto.Address) error
 	// ResetSenderKeyHolders forgets all holders (after a rotation).
 	ResetSenderKeyHolders(ctx context.Context, groupID []byte) error
 	// DeleteSenderKeysOf deletes the sender keys account's devices use in

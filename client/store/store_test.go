@@ -160,9 +160,33 @@ func TestCryptoStoreContract(t *testing.T) {
 		t.Fatalf("sender key = %q, %v", got, err)
 	}
 
+	// A failing nested Atomic undoes only its own writes.
+	err := db.Atomic(ctx, func(ctx context.Context) error {
+		if err := db.StorePreKey(ctx, 100, []byte("outer")); err != nil {
+			return err
+		}
+		inner := db.Atomic(ctx, func(ctx context.Context) error {
+			db.StorePreKey(ctx, 101, []byte("inner"))
+			return errors.New("inner failed")
+		})
+		if inner == nil {
+			t.Error("inner error lost")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.LoadPreKey(ctx, 100); err != nil {
+		t.Errorf("outer write lost: %v", err)
+	}
+	if _, err := db.LoadPreKey(ctx, 101); !errors.Is(err, crypto.ErrNotFound) {
+		t.Errorf("failed inner write kept: %v", err)
+	}
+
 	// Atomic: all or nothing; reads inside see writes inside; nested joins.
 	boom := errors.New("boom")
-	err := db.Atomic(ctx, func(ctx context.Context) error {
+	err = db.Atomic(ctx, func(ctx context.Context) error {
 		if err := db.StorePreKey(ctx, 1, []byte("one")); err != nil {
 			return err
 		}
@@ -539,7 +563,7 @@ func TestProcessedHeldEventsOutbox(t *testing.T) {
 	db.Enqueue(ctx, it2)
 	it.State, it.Error = OutboxBlocked, "identity changed"
 	db.UpdateOutbox(ctx, it)
-	if p, _ := db.PendingOutbox(ctx, 0, 10); len(p) != 1 || p[0].Seq != it2.Seq {
+	if p, _ := db.PendingOutbox(ctx, now, 10); len(p) != 1 || p[0].Seq != it2.Seq {
 		t.Fatalf("pending = %+v", p)
 	}
 	if n, _ := db.UnblockOutbox(ctx, "bo"); n != 0 {
@@ -548,9 +572,24 @@ func TestProcessedHeldEventsOutbox(t *testing.T) {
 	if n, _ := db.UnblockOutbox(ctx, "carol"); n != 1 {
 		t.Fatalf("unblock carol = %d", n)
 	}
-	p, _ := db.PendingOutbox(ctx, 0, 10)
+	p, _ := db.PendingOutbox(ctx, now, 10)
 	if len(p) != 2 || fmt.Sprint(p[0].Accounts) != "[bob carol]" {
 		t.Fatalf("pending after unblock = %+v", p)
+	}
+	// Dependencies and not-before.
+	dep := &OutboxItem{Kind: OutboxGroup, DependsOn: it.Seq, Content: []byte("g"), Created: now}
+	db.Enqueue(ctx, dep)
+	later := &OutboxItem{Kind: OutboxPairwise, Accounts: []string{"erin"}, Content: []byte("e"), NotBefore: now.Add(time.Minute), Created: now}
+	db.Enqueue(ctx, later)
+	if p, _ := db.PendingOutbox(ctx, now, 10); len(p) != 2 {
+		t.Fatalf("pending with a dependency and a deferred item = %d, want 2", len(p))
+	}
+	if due, ok, _ := db.NextOutboxDue(ctx, now); !ok || !due.Equal(later.NotBefore.Truncate(time.Millisecond)) {
+		t.Fatalf("next due = %v %v", due, ok)
+	}
+	db.DeleteOutbox(ctx, it.Seq)
+	if p, _ := db.PendingOutbox(ctx, now.Add(time.Hour), 10); len(p) != 3 || p[1].Seq != dep.Seq {
+		t.Fatalf("pending after the dependency went = %+v", p)
 	}
 }
 
