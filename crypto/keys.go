@@ -147,6 +147,7 @@ func (k *IdentityKeyPair) PrivateKey() []byte {
 // Sign makes an XEdDSA signature over message (verifiable with
 // VerifySignature and the public key).
 func (k *IdentityKeyPair) Sign(message []byte) ([]byte, error) {
+	ensureLogger()
 	sig := ecc.CalculateSignature(k.kp.PrivateKey(), message)
 	return sig[:], nil
 }
@@ -239,6 +240,7 @@ type PublicSignedPreKey struct {
 // signed by identity. Signal rotates it every few days; keep the previous one
 // stored for a while so messages built on it still decrypt.
 func GenerateSignedPreKey(id *IdentityKeyPair, keyID uint32) (*SignedPreKey, error) {
+	ensureLogger()
 	if err := ValidatePreKeyID(keyID); err != nil {
 		return nil, fmt.Errorf("generate signed prekey: %w", err)
 	}

@@ -30,8 +30,9 @@ var (
 
 // InstallLogger routes go.mau.fi/libsignal's log output into l (slog.Default
 // when l is nil) and never to stdout. It is safe to call many times and from
-// many goroutines; the last call wins. Every constructor in this package calls
-// it with its configured logger, so the library never prints on its own.
+// many goroutines; the last call wins. New calls it with Config.Logger, and
+// every exported entry point that reaches into the library first makes sure
+// some adapter is installed, so the library never prints on its own.
 func InstallLogger(l *slog.Logger) {
 	if l == nil {
 		l = slog.Default()

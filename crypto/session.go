@@ -121,8 +121,9 @@ type Config struct {
 	Identity       *IdentityKeyPair
 	RegistrationID uint32
 	Store          Store
-	// Logger receives libsignal's log lines (see InstallLogger); nil means
-	// slog.Default().
+	// Logger, when set, is installed as the destination of libsignal's log
+	// lines (see InstallLogger) and receives this package's own few lines.
+	// nil keeps whatever InstallLogger set, or slog.Default().
 	Logger *slog.Logger
 }
 
@@ -147,7 +148,11 @@ type Protocol struct {
 
 // New returns a Protocol for the device described by cfg.
 func New(cfg Config) (*Protocol, error) {
-	InstallLogger(cfg.Logger)
+	if cfg.Logger != nil {
+		InstallLogger(cfg.Logger)
+	} else {
+		ensureLogger()
+	}
 	if err := cfg.Address.Validate(); err != nil {
 		return nil, fmt.Errorf("new protocol: %w", err)
 	}

@@ -69,6 +69,7 @@ func (p PublicKey) Bytes() []byte {
 // Verify checks an XEdDSA signature over message made with the private half
 // of p.
 func (p PublicKey) Verify(message, signature []byte) error {
+	ensureLogger()
 	if p.k == nil {
 		return fmt.Errorf("verify signature: %w", ErrPublicKeySize)
 	}
@@ -89,6 +90,7 @@ func (p PublicKey) Verify(message, signature []byte) error {
 // prekey's 33-byte serialized public key. The error wraps ErrPublicKeySize,
 // ErrPublicKeyType, ErrSignatureSize or ErrBadSignature.
 func VerifySignature(identityKey, message, signature []byte) error {
+	ensureLogger()
 	pk, err := ParsePublicKey(identityKey)
 	if err != nil {
 		return fmt.Errorf("verify signature: %w", err)
