@@ -439,6 +439,9 @@ func (p *Protocol) Identity(ctx context.Context, remote Address) (IdentityRecord
 // TrustIdentity records key as remote's identity: the user accepted a
 // changed key (verified=false) or compared safety numbers (verified=true).
 // Replacing a key always clears verified unless the caller sets it again.
+// A session built on the old key keeps failing with *UntrustedIdentityError;
+// start a new one from a fresh bundle (or wait for the peer's new
+// PreKeySignalMessage, which now decrypts).
 func (p *Protocol) TrustIdentity(ctx context.Context, remote Address, key []byte, verified bool) error {
 	if _, err := ParsePublicKey(key); err != nil {
 		return fmt.Errorf("trust identity of %s: %w", remote, err)
