@@ -1,0 +1,283 @@
+// Command hush-keyserver runs hush's key server on its own: accounts,
+// devices, prekeys and auth tokens over the HTTP JSON API of package
+// keyserver (docs/api.md), with /healthz, /readyz and Prometheus /metrics.
+//
+// Every flag can also be set through the environment variable named in
+// --help; a flag on the command line wins. This file only parses flags and
+// wires packages together.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/hushchat/hush/keyserver"
+	"github.com/hushchat/hush/keyserver/ratelimit"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "hush-keyserver:", err)
+		os.Exit(1)
+	}
+}
+
+// env reads flag defaults from the environment, remembering bad values.
+type env struct {
+	errs []error
+}
+
+func (e *env) str(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+func (e *env) dur(name string, def time.Duration) time.Duration {
+	v, ok := os.LookupEnv(name)
+	if !ok {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
+	}
+	return d
+}
+
+func (e *env) int(name string, def int) int {
+	v, ok := os.LookupEnv(name)
+	if !ok {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
+	}
+	return n
+}
+
+type options struct {
+	listen, store, signingKey, inviteCode, internalSecret, replication, logLevel, logFormat string
+	tokenTTL, challengeTTL, bundleWindow, anonWindow, spkGrace, shutdownGrace               time.Duration
+	bundleBurst, anonBurst, maxPreKeys, lowPreKeys                                          int
+}
+
+// secretEnv names the environment variables of flags whose values are
+// secrets: they are read after parsing, so --help never prints them as a
+// default.
+var secretEnv = map[string]string{"invite-code": "HUSH_INVITE_CODE", "internal-secret": "HUSH_INTERNAL_SECRET"}
+
+func newFlagSet(o *options, e *env, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("hush-keyserver", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.listen, "listen", e.str("HUSH_KEYSERVER_LISTEN", "127.0.0.1:8081"),
+		"address to serve HTTP on (env HUSH_KEYSERVER_LISTEN)")
+	fs.StringVar(&o.store, "store", e.str("HUSH_KEYSERVER_STORE", "sqlite:hush-keyserver.db"),
+		"where state lives: sqlite:PATH (one file, created if missing) or\ncassandra:HOST1,HOST2/KEYSPACE (keyspace and schema created if missing) (env HUSH_KEYSERVER_STORE)")
+	fs.StringVar(&o.signingKey, "signing-key", e.str("HUSH_KEYSERVER_SIGNING_KEY", "hush-keyserver.key"),
+		"Ed25519 token-signing key file (PEM PKCS#8); created with mode 0600 on first start,\nrefused if readable by others. Several key servers sharing a store must share it (env HUSH_KEYSERVER_SIGNING_KEY)")
+	fs.StringVar(&o.inviteCode, "invite-code", "",
+		"if set, registration requires this invite code; empty means open registration.\nPrefer the env var: flags are visible in ps (env HUSH_INVITE_CODE)")
+	fs.StringVar(&o.internalSecret, "internal-secret", "",
+		"shared secret enabling GET /v1/internal/accounts/{name}/devices for a separate relay\n(header X-Hush-Internal-Secret); empty disables it. Prefer the env var (env HUSH_INTERNAL_SECRET)")
+	fs.DurationVar(&o.tokenTTL, "token-ttl", e.dur("HUSH_KEYSERVER_TOKEN_TTL", keyserver.DefaultTokenTTL),
+		"lifetime of an auth token (env HUSH_KEYSERVER_TOKEN_TTL)")
+	fs.DurationVar(&o.challengeTTL, "challenge-ttl", e.dur("HUSH_KEYSERVER_CHALLENGE_TTL", keyserver.DefaultChallengeTTL),
+		"how long a login/registration challenge nonce stays usable (env HUSH_KEYSERVER_CHALLENGE_TTL)")
+	fs.IntVar(&o.bundleBurst, "bundle-rate", e.int("HUSH_KEYSERVER_BUNDLE_RATE", keyserver.DefaultBundleRate.Burst),
+		"bundle fetches allowed per (requester, target) per --bundle-rate-window (env HUSH_KEYSERVER_BUNDLE_RATE)")
+	fs.DurationVar(&o.bundleWindow, "bundle-rate-window", e.dur("HUSH_KEYSERVER_BUNDLE_RATE_WINDOW", keyserver.DefaultBundleRate.Per),
+		"window of --bundle-rate; tokens refill evenly over it (env HUSH_KEYSERVER_BUNDLE_RATE_WINDOW)")
+	fs.IntVar(&o.anonBurst, "anon-rate", e.int("HUSH_KEYSERVER_ANON_RATE", keyserver.DefaultAnonRate.Burst),
+		"unauthenticated calls (challenge, login, register) allowed per client IP per --anon-rate-window (env HUSH_KEYSERVER_ANON_RATE)")
+	fs.DurationVar(&o.anonWindow, "anon-rate-window", e.dur("HUSH_KEYSERVER_ANON_RATE_WINDOW", keyserver.DefaultAnonRate.Per),
+		"window of --anon-rate (env HUSH_KEYSERVER_ANON_RATE_WINDOW)")
+	fs.DurationVar(&o.spkGrace, "signed-prekey-grace", e.dur("HUSH_KEYSERVER_SIGNED_PREKEY_GRACE", keyserver.DefaultSignedPreKeyGrace),
+		"how long a replaced signed prekey is reported as still in use (env HUSH_KEYSERVER_SIGNED_PREKEY_GRACE)")
+	fs.IntVar(&o.maxPreKeys, "max-prekeys", e.int("HUSH_KEYSERVER_MAX_PREKEYS", keyserver.DefaultMaxStoredPreKeys),
+		"most one-time prekeys one device may have stored (env HUSH_KEYSERVER_MAX_PREKEYS)")
+	fs.IntVar(&o.lowPreKeys, "low-prekeys", e.int("HUSH_KEYSERVER_LOW_PREKEYS", keyserver.DefaultLowPreKeys),
+		"a fetch leaving a device with fewer one-time prekeys counts in hush_keyserver_prekeys_low_total (env HUSH_KEYSERVER_LOW_PREKEYS)")
+	fs.StringVar(&o.replication, "cassandra-replication", e.str("HUSH_KEYSERVER_CASSANDRA_REPLICATION", ""),
+		"CQL replication map used if the Cassandra keyspace must be created, e.g.\n\"{'class': 'NetworkTopologyStrategy', 'dc1': 3}\"; default SimpleStrategy with 1 replica (env HUSH_KEYSERVER_CASSANDRA_REPLICATION)")
+	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", e.dur("HUSH_KEYSERVER_SHUTDOWN_GRACE", 15*time.Second),
+		"on SIGINT/SIGTERM, how long in-flight requests may finish (env HUSH_KEYSERVER_SHUTDOWN_GRACE)")
+	fs.StringVar(&o.logLevel, "log-level", e.str("HUSH_LOG_LEVEL", "info"), "debug, info, warn or error (env HUSH_LOG_LEVEL)")
+	fs.StringVar(&o.logFormat, "log-format", e.str("HUSH_LOG_FORMAT", "text"), "text or json (env HUSH_LOG_FORMAT)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: hush-keyserver [flags]
+
+Runs hush's key server: accounts, devices, identity keys, signed, one-time
+and last-resort prekeys, and auth tokens, over an HTTP JSON API under /v1/
+(see docs/api.md), plus /healthz, /readyz and Prometheus /metrics.
+Every flag falls back to the environment variable named with it.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	var e env
+	fs := newFlagSet(&o, &e, stderr)
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for name, envName := range secretEnv {
+		if v, ok := os.LookupEnv(envName); ok && !set[name] {
+			fs.Set(name, v)
+		}
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
+	}
+	if len(e.errs) > 0 {
+		return o, errors.Join(e.errs...)
+	}
+	return o, nil
+}
+
+func newLogger(o options, w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	hopts := &slog.HandlerOptions{Level: lvl}
+	switch o.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, hopts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, hopts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", o.logFormat)
+}
+
+// run serves until ctx ends. ready, if not nil, receives the bound address.
+func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- string) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(o, stderr)
+	if err != nil {
+		return err
+	}
+	spec, err := keyserver.ParseStoreSpec(o.store)
+	if err != nil {
+		return err
+	}
+	key, created, err := keyserver.LoadOrCreateSigningKey(o.signingKey)
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("created a new token-signing key", "file", o.signingKey)
+	}
+	st, err := keyserver.OpenStore(ctx, spec, o.replication)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ks, err := keyserver.New(keyserver.Config{
+		SigningKey:        key,
+		TokenTTL:          o.tokenTTL,
+		ChallengeTTL:      o.challengeTTL,
+		InviteCode:        o.inviteCode,
+		InternalSecret:    o.internalSecret,
+		BundleRate:        ratelimit.Rate{Burst: o.bundleBurst, Per: o.bundleWindow},
+		AnonRate:          ratelimit.Rate{Burst: o.anonBurst, Per: o.anonWindow},
+		SignedPreKeyGrace: o.spkGrace,
+		MaxStoredPreKeys:  o.maxPreKeys,
+		LowPreKeys:        o.lowPreKeys,
+		Logger:            log,
+		Registerer:        reg,
+	}, st)
+	if err != nil {
+		return err
+	}
+
+	var stopping atomic.Bool
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", ks.Handler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		c, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		if stopping.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		if err := ks.Ready(c); err != nil {
+			http.Error(w, "store unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("hush-keyserver listening", "addr", ln.Addr().String(), "store", spec.Kind,
+		"open_registration", o.inviteCode == "", "internal_api", o.internalSecret != "")
+	if ready != nil {
+		ready <- ln.Addr().String()
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	stopping.Store(true)
+	log.Info("shutting down", "grace", o.shutdownGrace)
+	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
