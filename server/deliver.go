@@ -1,0 +1,361 @@
+package server
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hushchat/hush/protocol"
+	"github.com/hushchat/hush/server/queue"
+)
+
+// Delivery keeps two promises per connection: every envelope stored for
+// the device reaches it, and in server-id order.
+//
+// The queue is the truth; memory is a shortcut used only when it is
+// provably in order. A connection is in one of two modes:
+//
+//   - fetch mode (while draining the backlog after connect, and whenever a
+//     doorbell or an overflow says the queue holds something memory lacks):
+//     the pump reads the queue after its cursor — the highest id it has
+//     delivered — in batches;
+//   - memory mode: envelopes stored by this relay for the device are
+//     delivered straight from the Send that stored them.
+//
+// Ordering in both modes rests on the pending list. When this relay
+// assigns an id X to a Put addressed to the device, the connection is told
+// "X is coming" in the same critical section that assigned it (see
+// sequencer), so pending holds this relay's in-flight ids in increasing
+// order. A fetch never delivers past the first in-flight id (it may commit
+// later with a lower id than what the fetch returned); memory mode delivers
+// the head of pending only once it is stored. So the cursor only moves over
+// ids that can no longer appear below it.
+//
+// The drain after connect also waits until every Put whose id was assigned
+// before the connection attached has finished (the drain horizon) before
+// its last fetch and QueueEmpty: such a Put did not know the connection and
+// would otherwise be stored behind its cursor, unseen until the next
+// reconnect.
+//
+// Doorbells from other relays (issue 9's Redis routing) carry ids this relay
+// did not assign; they switch the connection to fetch mode. Across relays,
+// server ids order only as well as the relays' clocks agree, which is why
+// clients order a conversation by the sender's counter inside the
+// ciphertext.
+//
+// Flow control: at most MaxUnacked envelopes are delivered and not yet
+// acked; delivery pauses there until acks arrive. Live envelopes held in
+// memory are bounded by MaxPendingBytes; beyond it they are left to the
+// queue (fetch mode).
+
+type pendingState uint8
+
+const (
+	inflight  pendingState = iota // Put not finished
+	committed                     // stored; env holds the envelope
+	dropped                       // stored, envelope not kept (memory bound): fetch it
+)
+
+type pendingEntry struct {
+	id    uint64
+	state pendingState
+	size  int
+	env   *protocol.Envelope
+}
+
+// addPending records that id is being stored for this device. It is
+// called inside the sequencer's critical section, so ids arrive in
+// increasing order.
+func (c *conn) addPending(id uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dead {
+		return false
+	}
+	c.pending = append(c.pending, pendingEntry{id: id})
+	return true
+}
+
+func (c *conn) findPendingLocked(id uint64) int {
+	i, ok := slices.BinarySearchFunc(c.pending, id, func(e pendingEntry, id uint64) int {
+		switch {
+		case e.id < id:
+			return -1
+		case e.id > id:
+			return 1
+		}
+		return 0
+	})
+	if !ok {
+		return -1
+	}
+	return i
+}
+
+// commitPending records that id was stored, with the envelope this device
+// gets.
+func (c *conn) commitPending(id uint64, env *protocol.Envelope) {
+	c.mu.Lock()
+	i := c.findPendingLocked(id)
+	if i < 0 {
+		c.mu.Unlock()
+		return
+	}
+	e := &c.pending[i]
+	size := len(env.Payload) + len(env.Sender) + 32
+	if c.pendingBytes+size > c.r.cfg.MaxPendingBytes {
+		e.state = dropped
+		c.fetchNeeded = true
+		c.fetchGen++
+	} else {
+		e.state, e.env, e.size = committed, env, size
+		c.pendingBytes += size
+	}
+	if c.blockedAt == id {
+		c.blockedAt = 0
+	}
+	c.mu.Unlock()
+	c.kick()
+}
+
+// cancelPending forgets id: its Put failed or was a duplicate.
+func (c *conn) cancelPending(id uint64) {
+	c.mu.Lock()
+	if i := c.findPendingLocked(id); i >= 0 {
+		c.pendingBytes -= c.pending[i].size
+		c.pending = slices.Delete(c.pending, i, i+1)
+	}
+	if c.blockedAt == id {
+		c.blockedAt = 0
+	}
+	c.mu.Unlock()
+	c.kick()
+}
+
+// bell switches the connection to fetch mode: its queue has something
+// this relay did not put there.
+func (c *conn) bell() {
+	c.mu.Lock()
+	c.fetchNeeded = true
+	c.fetchGen++
+	c.mu.Unlock()
+	c.kick()
+}
+
+// prunePendingLocked drops entries at or below the cursor (delivered by a
+// fetch) from the front of pending.
+func (c *conn) prunePendingLocked() {
+	n := 0
+	for n < len(c.pending) && c.pending[n].id <= c.cursor && c.pending[n].state != inflight {
+		c.pendingBytes -= c.pending[n].size
+		n++
+	}
+	c.popPendingLocked(n)
+}
+
+func (c *conn) popPendingLocked(n int) {
+	if n == 0 {
+		return
+	}
+	clear(c.pending[:n])
+	c.pending = c.pending[n:]
+	if len(c.pending) == 0 {
+		c.pending = nil
+	}
+}
+
+func (c *conn) hasDroppedLocked() bool {
+	for _, e := range c.pending {
+		if e.state == dropped {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *conn) windowLocked() int { return c.r.cfg.MaxUnacked - len(c.unacked) }
+
+// hasDeliveryWorkLocked reports whether the pump can deliver something now.
+func (c *conn) hasDeliveryWorkLocked() bool {
+	if c.windowLocked() <= 0 {
+		return false
+	}
+	if c.draining || c.fetchNeeded {
+		return c.blockedAt == 0 && !c.waitingHorizon && !c.fetchBackoff
+	}
+	c.prunePendingLocked()
+	return len(c.pending) > 0 && c.pending[0].state != inflight
+}
+
+// deliverLocked does one step of delivery. It is called with c.mu held and
+// returns with it released. more reports that another step may have work.
+func (c *conn) deliverLocked() (frames [][]byte, queueEmpty, more bool) {
+	if !c.hasDeliveryWorkLocked() {
+		c.mu.Unlock()
+		return nil, false, false
+	}
+	if c.draining || c.fetchNeeded {
+		return c.fetchLocked()
+	}
+	window := c.windowLocked()
+	var envs []*protocol.Envelope
+	n := 0
+	for n < len(c.pending) && len(envs) < protocol.MaxDeliverBatch && len(envs) < window {
+		e := &c.pending[n]
+		if e.state == inflight {
+			break
+		}
+		if e.state == dropped {
+			c.fetchNeeded = true
+			c.fetchGen++
+			break
+		}
+		envs = append(envs, e.env)
+		c.cursor = e.id
+		c.pendingBytes -= e.size
+		n++
+	}
+	c.popPendingLocked(n)
+	c.markUnackedLocked(envs)
+	c.mu.Unlock()
+	return c.buildDeliver(envs), false, true
+}
+
+func (c *conn) markUnackedLocked(envs []*protocol.Envelope) {
+	if len(envs) == 0 {
+		return
+	}
+	if c.unacked == nil {
+		c.unacked = make(map[uint64]struct{}, len(envs))
+	}
+	for _, e := range envs {
+		c.unacked[e.ServerId] = struct{}{}
+	}
+}
+
+// fetchLocked reads the next batch from the queue (see the file comment).
+func (c *conn) fetchLocked() (frames [][]byte, queueEmpty, more bool) {
+	var barrier uint64
+	for _, e := range c.pending {
+		if e.id > c.cursor && e.state == inflight {
+			barrier = e.id
+			break
+		}
+	}
+	after, gen, draining, upTo := c.cursor, c.fetchGen, c.draining, c.drainUpTo
+	limit := min(protocol.MaxDeliverBatch, c.windowLocked())
+	c.mu.Unlock()
+
+	// Read the horizon before the fetch: only a fetch that started after
+	// every earlier Put finished may end the drain.
+	horizonOK := !draining || c.r.seq.doneUpTo(upTo)
+	ctx, cancel := context.WithTimeout(c.r.ctx, c.r.cfg.SendTimeout)
+	msgs, err := c.r.store.Fetch(ctx, c.dev, after, limit)
+	cancel()
+	if err != nil {
+		c.r.log.Warn("queue fetch failed; retrying", "account", c.dev.Account, "device", c.dev.ID, "err", err)
+		c.mu.Lock()
+		c.fetchBackoff = true
+		c.mu.Unlock()
+		time.AfterFunc(time.Second, func() {
+			c.mu.Lock()
+			c.fetchBackoff = false
+			c.mu.Unlock()
+			c.kick()
+		})
+		return nil, false, false
+	}
+
+	c.mu.Lock()
+	if c.dead {
+		c.mu.Unlock()
+		return nil, false, false
+	}
+	cut := false
+	envs := make([]*protocol.Envelope, 0, len(msgs))
+	for _, m := range msgs {
+		if m.ServerID <= c.cursor {
+			continue
+		}
+		if barrier != 0 && m.ServerID >= barrier {
+			cut = true
+			break
+		}
+		envs = append(envs, envelopeOf(m))
+		c.cursor = m.ServerID
+	}
+	c.markUnackedLocked(envs)
+	c.prunePendingLocked()
+	if cut {
+		// Wait for the barrier's Put, unless it finished meanwhile.
+		if i := c.findPendingLocked(barrier); i >= 0 && c.pending[i].state == inflight {
+			c.blockedAt = barrier
+		}
+	}
+	wait := false
+	if !cut && len(msgs) < limit {
+		switch {
+		case draining && !horizonOK:
+			c.waitingHorizon = true
+			wait = true
+		case draining:
+			c.draining = false
+			queueEmpty = true
+			fallthrough
+		default:
+			if c.fetchGen == gen && !c.hasDroppedLocked() {
+				c.fetchNeeded = false
+			}
+		}
+	}
+	c.mu.Unlock()
+	if wait {
+		c.r.seq.waitDone(upTo, func() {
+			c.mu.Lock()
+			c.waitingHorizon = false
+			c.mu.Unlock()
+			c.kick()
+		})
+	}
+	return c.buildDeliver(envs), queueEmpty, true
+}
+
+func envelopeOf(m queue.Message) *protocol.Envelope {
+	return &protocol.Envelope{
+		ServerId:     m.ServerID,
+		Sender:       m.Sender,
+		SenderDevice: m.SenderDevice,
+		Type:         protocol.EnvelopeType(m.Type),
+		Payload:      m.Payload,
+		ServerTimeMs: m.ServerTime.UnixMilli(),
+	}
+}
+
+// deliverFrameBudget leaves room for the Deliver and Frame headers.
+const deliverFrameBudget = protocol.MaxFrameSize - 64
+
+// buildDeliver packs envelopes into as few Deliver frames as the frame and
+// batch limits allow.
+func (c *conn) buildDeliver(envs []*protocol.Envelope) [][]byte {
+	if len(envs) == 0 {
+		return nil
+	}
+	c.r.m.deliveries.WithLabelValues("stored").Add(float64(len(envs)))
+	var frames [][]byte
+	start, size := 0, 0
+	for i, e := range envs {
+		s := proto.Size(e) + 6 // field tag and length prefix
+		if i > start && (size+s > deliverFrameBudget || i-start >= protocol.MaxDeliverBatch) {
+			frames = append(frames, encodeDeliver(envs[start:i]))
+			start, size = i, 0
+		}
+		size += s
+	}
+	return append(frames, encodeDeliver(envs[start:]))
+}
+
+func encodeDeliver(envs []*protocol.Envelope) []byte {
+	return encode(&protocol.Frame{Body: &protocol.Frame_Deliver{Deliver: &protocol.Deliver{Envelopes: envs}}})
+}

@@ -1,0 +1,80 @@
+package server
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the relay's Prometheus collectors, all prefixed hush_. They
+// count events and sizes only: never an account name, never content.
+type metrics struct {
+	connections  prometheus.Gauge
+	connects     *prometheus.CounterVec
+	disconnects  *prometheus.CounterVec
+	sends        *prometheus.CounterVec
+	sendSeconds  prometheus.Histogram
+	deliveries   *prometheus.CounterVec
+	acks         prometheus.Counter
+	redeliveries prometheus.Counter
+	rejected     *prometheus.CounterVec
+	queueDepth   prometheus.Histogram
+	oldest       prometheus.Gauge
+	expired      prometheus.Counter
+	presence     prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hush_connections", Help: "Open, authenticated device connections.",
+		}),
+		connects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hush_connects_total", Help: "WebSocket connection attempts by result: accepted, unauthenticated, revoked, bad_request, unavailable, shutting_down.",
+		}, []string{"result"}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hush_disconnects_total", Help: "Closed device connections by reason (the close code's name, or error).",
+		}, []string{"reason"}),
+		sends: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hush_sends_total", Help: "Send frames by result: ok, duplicate, ephemeral, or the error code.",
+		}, []string{"result"}),
+		sendSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "hush_send_duration_seconds",
+			Help:    "Time from a Send's arrival to its SendAck (validation, directory, durable store).",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 5},
+		}),
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hush_deliveries_total", Help: "Envelopes written to devices, by kind: stored (from the queue or live) and ephemeral.",
+		}, []string{"kind"}),
+		acks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hush_acks_total", Help: "Envelopes deleted by device acks.",
+		}),
+		redeliveries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hush_redeliveries_total", Help: "Envelopes a closing connection had delivered but not seen acked; each is delivered again on the device's next connection.",
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hush_rejected_frames_total", Help: "Frames refused, by reason (the error code).",
+		}, []string{"reason"}),
+		queueDepth: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "hush_queue_depth",
+			Help:    "Envelopes waiting in a device's queue when it connects.",
+			Buckets: []float64{0, 1, 10, 100, 1000, 10000, 100000},
+		}),
+		oldest: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hush_queue_oldest_unacked_seconds", Help: "Age of the oldest envelope in any queue (refreshed every sweep).",
+		}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hush_expired_total", Help: "Envelopes deleted unacked because their TTL passed.",
+		}),
+		presence: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hush_presence_updates_total", Help: "Presence frames sent to devices.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.connections, m.connects, m.disconnects, m.sends, m.sendSeconds,
+			m.deliveries, m.acks, m.redeliveries, m.rejected, m.queueDepth, m.oldest, m.expired, m.presence} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,319 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hushchat/hush/protocol"
+	"github.com/hushchat/hush/server/directory"
+	"github.com/hushchat/hush/server/queue"
+	"github.com/hushchat/hush/server/routing"
+)
+
+// startSend runs a Send in its own goroutine so that a connection can
+// have MaxInflightSends stored at once (they share the store's group
+// commit); beyond that the reader waits, and so does the client's TCP.
+func (c *conn) startSend(s *protocol.Send) {
+	c.r.sendMu.RLock()
+	if c.r.sendsClosed {
+		c.r.sendMu.RUnlock()
+		c.r.m.sends.WithLabelValues(protocol.ErrorCode_CODE_UNAVAILABLE.String()).Inc()
+		c.enqueue(sendAckError(s.ClientId, &protocol.Error{
+			Code: protocol.ErrorCode_CODE_UNAVAILABLE, Message: "relay is shutting down; send again after reconnecting", RetryAfterMs: 1000}))
+		return
+	}
+	c.r.sends.Add(1)
+	c.r.sendMu.RUnlock()
+	c.sendSlots <- struct{}{}
+	go func() {
+		defer func() {
+			<-c.sendSlots
+			c.r.sends.Done()
+		}()
+		ctx, cancel := context.WithTimeout(c.r.ctx, c.r.cfg.SendTimeout)
+		ack := c.r.processSend(ctx, c.dev, s)
+		cancel()
+		c.enqueue(&protocol.Frame{Body: &protocol.Frame_SendAck{SendAck: ack}})
+	}()
+}
+
+// processSend validates, stores and routes one Send from device from, and
+// returns its SendAck. Nothing is stored unless every check passed; the
+// SendAck (without error) is returned only after the store made the
+// envelope durable for every recipient.
+func (r *Relay) processSend(ctx context.Context, from queue.Device, s *protocol.Send) *protocol.SendAck {
+	start := time.Now()
+	ack := r.doSend(ctx, from, s)
+	r.m.sendSeconds.Observe(time.Since(start).Seconds())
+	switch {
+	case ack.Error != nil:
+		r.m.sends.WithLabelValues(ack.Error.Code.String()).Inc()
+		r.m.rejected.WithLabelValues(ack.Error.Code.String()).Inc()
+	case s.Ephemeral:
+		r.m.sends.WithLabelValues("ephemeral").Inc()
+	default:
+		r.m.sends.WithLabelValues("ok").Inc()
+	}
+	return ack
+}
+
+func (r *Relay) doSend(ctx context.Context, from queue.Device, s *protocol.Send) *protocol.SendAck {
+	if e := r.checkRecipients(ctx, from, s.Recipients); e != nil {
+		return &protocol.SendAck{ClientId: s.ClientId, Error: e}
+	}
+	if s.Ephemeral {
+		return r.sendEphemeral(ctx, from, s)
+	}
+	now := r.cfg.Now().Truncate(time.Millisecond)
+	put := queue.Put{
+		Sender:       from.Account,
+		SenderDevice: from.ID,
+		ClientID:     s.ClientId,
+		ServerTime:   now,
+		ExpiresAt:    now.Add(r.cfg.TTL),
+		Recipients:   make([]queue.Recipient, len(s.Recipients)),
+	}
+	if len(s.Payload) > 0 {
+		put.Shared, put.SharedType = s.Payload, int32(s.Type)
+	}
+	for i, rc := range s.Recipients {
+		put.Recipients[i] = queue.Recipient{Device: queue.Device{Account: rc.Account, ID: rc.Device}}
+		if len(rc.Payload) > 0 {
+			put.Recipients[i].Type, put.Recipients[i].Payload = int32(rc.Type), rc.Payload
+		}
+	}
+
+	// Assign the id and tell the recipients connected here that it is
+	// coming, atomically (see sequencer and deliver.go).
+	type localRecipient struct {
+		c *conn
+		i int
+	}
+	var local []localRecipient
+	seq := r.seq.begin(func(id uint64) {
+		put.ServerID = id
+		r.hubMu.RLock()
+		for i := range put.Recipients {
+			if c := r.hub[put.Recipients[i].Device]; c != nil && c.addPending(id) {
+				local = append(local, localRecipient{c, i})
+			}
+		}
+		r.hubMu.RUnlock()
+	})
+	res, err := r.store.Put(ctx, put)
+	if err != nil || res.Duplicate {
+		for _, l := range local {
+			l.c.cancelPending(put.ServerID)
+		}
+	} else {
+		for _, l := range local {
+			l.c.commitPending(put.ServerID, envelopeFor(&put, l.i))
+		}
+	}
+	r.seq.end(seq)
+
+	if err != nil {
+		return &protocol.SendAck{ClientId: s.ClientId, Error: r.putError(from, err)}
+	}
+	if !res.Duplicate {
+		isLocal := make([]bool, len(put.Recipients))
+		for _, l := range local {
+			isLocal[l.i] = true
+		}
+		r.ring(ctx, &put, isLocal)
+	}
+	return &protocol.SendAck{ClientId: s.ClientId, ServerId: res.ServerID, ServerTimeMs: res.ServerTime.UnixMilli()}
+}
+
+// envelopeFor builds the envelope recipient i of put receives.
+func envelopeFor(put *queue.Put, i int) *protocol.Envelope {
+	rc := &put.Recipients[i]
+	env := &protocol.Envelope{
+		ServerId:     put.ServerID,
+		Sender:       put.Sender,
+		SenderDevice: put.SenderDevice,
+		Type:         protocol.EnvelopeType(rc.Type),
+		Payload:      rc.Payload,
+		ServerTimeMs: put.ServerTime.UnixMilli(),
+	}
+	if len(rc.Payload) == 0 {
+		env.Type, env.Payload = protocol.EnvelopeType(put.SharedType), put.Shared
+	}
+	return env
+}
+
+// ring rings the doorbells of the recipients not connected here and
+// pushes to those connected nowhere.
+func (r *Relay) ring(ctx context.Context, put *queue.Put, isLocal []bool) {
+	var bells []routing.Bell
+	for i := range put.Recipients {
+		if !isLocal[i] {
+			bells = append(bells, routing.Bell{Device: put.Recipients[i].Device, ServerID: put.ServerID})
+		}
+	}
+	if len(bells) == 0 {
+		return
+	}
+	attached, err := r.router.Ring(ctx, bells)
+	if err != nil {
+		// The envelope is stored; the device's relay finds it on its next
+		// fetch (doorbells are only a fast path).
+		r.log.Warn("doorbell failed", "err", err)
+		return
+	}
+	if r.push == nil {
+		return
+	}
+	for i, b := range bells {
+		if !attached[i] {
+			r.push.Notify(b.Device)
+		}
+	}
+}
+
+func (r *Relay) putError(from queue.Device, err error) *protocol.Error {
+	if qf, ok := queue.IsQueueFull(err); ok {
+		return &protocol.Error{
+			Code:    protocol.ErrorCode_CODE_QUEUE_FULL,
+			Message: fmt.Sprintf("the queue of %s is full; retry later", qf.Device),
+			Limit:   uint64(qf.Limit), RetryAfterMs: 60_000,
+		}
+	}
+	if queue.IsRetryable(err) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		r.log.Warn("queue put failed", "account", from.Account, "device", from.ID, "err", err)
+		return &protocol.Error{Code: protocol.ErrorCode_CODE_UNAVAILABLE, Message: "storage unavailable; send again with the same client_id", RetryAfterMs: 1000}
+	}
+	r.log.Error("queue put refused", "account", from.Account, "device", from.ID, "err", err)
+	return &protocol.Error{Code: protocol.ErrorCode_CODE_INTERNAL, Message: "the relay could not store this message"}
+}
+
+// sendEphemeral hands an envelope to the recipients online now and stores
+// nothing.
+func (r *Relay) sendEphemeral(ctx context.Context, from queue.Device, s *protocol.Send) *protocol.SendAck {
+	id := r.seq.ephemeral()
+	now := r.cfg.Now()
+	var delivered uint32
+	var bells []routing.Bell
+	for _, rc := range s.Recipients {
+		env := &protocol.Envelope{
+			ServerId: id, Sender: from.Account, SenderDevice: from.ID,
+			Type: rc.Type, Payload: rc.Payload, ServerTimeMs: now.UnixMilli(), Ephemeral: true,
+		}
+		if len(rc.Payload) == 0 {
+			env.Type, env.Payload = s.Type, s.Payload
+		}
+		dev := queue.Device{Account: rc.Account, ID: rc.Device}
+		if c := r.local(dev); c != nil {
+			if c.enqueueEphemeral(env) {
+				delivered++
+			}
+			continue
+		}
+		bells = append(bells, routing.Bell{Device: dev, ServerID: id, Envelope: env})
+	}
+	if len(bells) > 0 {
+		attached, err := r.router.Ring(ctx, bells)
+		if err == nil {
+			for _, a := range attached {
+				if a {
+					delivered++
+				}
+			}
+		}
+	}
+	return &protocol.SendAck{ClientId: s.ClientId, ServerId: id, ServerTimeMs: now.UnixMilli(), DeliveredOnline: delivered}
+}
+
+// maxListedAccounts bounds the account names one error message lists.
+const maxListedAccounts = 10
+
+// checkRecipients compares the Send's recipients with each addressed
+// account's current devices. It returns nil when they match exactly (for
+// the sender's own account: every device but the sending one).
+func (r *Relay) checkRecipients(ctx context.Context, from queue.Device, rcpts []*protocol.Recipient) *protocol.Error {
+	named := make(map[string][]uint32)
+	var accounts []string
+	for _, rc := range rcpts {
+		if _, ok := named[rc.Account]; !ok {
+			accounts = append(accounts, rc.Account)
+		}
+		named[rc.Account] = append(named[rc.Account], rc.Device)
+	}
+	lists := make([][]uint32, len(accounts))
+	errs := make([]error, len(accounts))
+	lookup := func(i int) { lists[i], errs[i] = r.dir.Devices(ctx, accounts[i]) }
+	if len(accounts) <= 4 {
+		for i := range accounts {
+			lookup(i)
+		}
+	} else {
+		// A large group: look accounts up concurrently (cache misses may
+		// be network round trips), at most 16 at a time.
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 16)
+		for i := range accounts {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				lookup(i)
+			}()
+		}
+		wg.Wait()
+	}
+
+	var unknown []string
+	var mismatches []*protocol.DeviceMismatch
+	for i, acct := range accounts {
+		switch err := errs[i]; {
+		case errors.Is(err, directory.ErrUnknownAccount):
+			unknown = append(unknown, acct)
+			continue
+		case err != nil:
+			r.log.Warn("device lookup failed", "account", acct, "err", err)
+			return &protocol.Error{Code: protocol.ErrorCode_CODE_UNAVAILABLE, Message: "device directory unavailable; retry later", RetryAfterMs: 1000}
+		}
+		current := lists[i]
+		if acct == from.Account {
+			current = slices.DeleteFunc(slices.Clone(current), func(d uint32) bool { return d == from.ID })
+		}
+		var dm protocol.DeviceMismatch
+		for _, d := range current {
+			if !slices.Contains(named[acct], d) {
+				dm.Missing = append(dm.Missing, d)
+			}
+		}
+		for _, d := range named[acct] {
+			if !slices.Contains(current, d) {
+				dm.Extra = append(dm.Extra, d)
+			}
+		}
+		if len(dm.Missing) > 0 || len(dm.Extra) > 0 {
+			dm.Account = acct
+			slices.Sort(dm.Missing)
+			slices.Sort(dm.Extra)
+			mismatches = append(mismatches, &dm)
+		}
+	}
+	if len(unknown) > 0 {
+		listed := unknown[:min(len(unknown), maxListedAccounts)]
+		msg := "unknown account: " + strings.Join(listed, ", ")
+		if len(unknown) > len(listed) {
+			msg += fmt.Sprintf(" and %d more", len(unknown)-len(listed))
+		}
+		return &protocol.Error{Code: protocol.ErrorCode_CODE_UNKNOWN_ACCOUNT, Message: msg}
+	}
+	if len(mismatches) > 0 {
+		return &protocol.Error{
+			Code:       protocol.ErrorCode_CODE_DEVICE_MISMATCH,
+			Message:    "the recipients do not match the accounts' current devices; fetch keys for the missing ones and send again",
+			Mismatches: mismatches,
+		}
+	}
+	return nil
+}
