@@ -24,14 +24,19 @@ import (
 	"github.com/hushchat/hush/protocol"
 )
 
-func newEnv(t *testing.T, configure func(*keyserver.Config)) *storetest.Env {
+func openSQLite(t testing.TB) *sqlite.Store {
 	t.Helper()
 	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "keys.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	return storetest.NewEnv(t, st, configure)
+	return st
+}
+
+func newEnv(t *testing.T, configure func(*keyserver.Config)) *storetest.Env {
+	t.Helper()
+	return storetest.NewEnv(t, openSQLite(t), configure)
 }
 
 type answer struct {

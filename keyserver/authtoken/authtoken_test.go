@@ -213,3 +213,23 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkIssue(b *testing.B) {
+	_, priv := newKey(b)
+	c := claims()
+	for b.Loop() {
+		if _, err := Issue(priv, c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkVerify(b *testing.B) {
+	pub, priv := newKey(b)
+	tok, _ := Issue(priv, claims())
+	for b.Loop() {
+		if _, err := Verify(pub, tok, t0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -131,6 +131,9 @@ const (
 var (
 	marshal   = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
 	unmarshal = protojson.UnmarshalOptions{DiscardUnknown: false, RecursionLimit: 8}
+	// Clients ignore unknown response fields, so a newer server can add
+	// fields without breaking older clients.
+	unmarshalResponse = protojson.UnmarshalOptions{DiscardUnknown: true, RecursionLimit: 8}
 )
 
 // Marshal encodes m as the API's JSON.
@@ -139,6 +142,10 @@ func Marshal(m proto.Message) ([]byte, error) { return marshal.Marshal(m) }
 // Unmarshal decodes the API's JSON into m, refusing unknown fields. The
 // caller bounds len(b).
 func Unmarshal(b []byte, m proto.Message) error { return unmarshal.Unmarshal(b, m) }
+
+// UnmarshalResponse decodes a response body into m, ignoring unknown
+// fields. The caller bounds len(b).
+func UnmarshalResponse(b []byte, m proto.Message) error { return unmarshalResponse.Unmarshal(b, m) }
 
 const (
 	domainRegister  = "hush-keyserver-register-v1\x00"

@@ -256,7 +256,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 	if out == nil {
 		return nil
 	}
-	if err := ksapi.Unmarshal(raw, out); err != nil {
+	if err := ksapi.UnmarshalResponse(raw, out); err != nil {
 		return fmt.Errorf("ksclient: %s %s: decode response: %w", method, path, err)
 	}
 	return nil
@@ -265,7 +265,7 @@ func (c *Client) do(ctx context.Context, method, path string, query url.Values, 
 func responseError(resp *http.Response, raw []byte) *Error {
 	e := &Error{Status: resp.StatusCode}
 	var m protocol.KeyServerError
-	if err := ksapi.Unmarshal(raw, &m); err == nil && m.GetCode() != "" {
+	if err := ksapi.UnmarshalResponse(raw, &m); err == nil && m.GetCode() != "" {
 		e.Code, e.Message = m.GetCode(), m.GetMessage()
 		e.RetryAfter = time.Duration(m.GetRetryAfterSeconds()) * time.Second
 	} else {

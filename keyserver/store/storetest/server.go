@@ -48,7 +48,7 @@ func (e *Env) Changes() []string {
 
 // NewEnv starts a key server on st for the duration of the test. configure
 // (may be nil) adjusts the configuration first.
-func NewEnv(t *testing.T, st store.Store, configure func(*keyserver.Config)) *Env {
+func NewEnv(t testing.TB, st store.Store, configure func(*keyserver.Config)) *Env {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
