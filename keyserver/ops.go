@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -117,11 +118,18 @@ func ParseStoreSpec(spec string) (StoreSpec, error) {
 	}
 }
 
+// StoreOptions tune OpenStore.
+type StoreOptions struct {
+	// CassandraReplication is the CQL replication map for a keyspace
+	// OpenStore creates ("" for SimpleStrategy with one replica).
+	CassandraReplication string
+	// Logger receives the Cassandra driver's messages (nil: discarded).
+	Logger *slog.Logger
+}
+
 // OpenStore opens the store a spec names, creating the SQLite file or the
-// Cassandra keyspace and schema as needed. replication is the CQL
-// replication map for a keyspace Cassandra creates ("" for SimpleStrategy
-// with one replica).
-func OpenStore(ctx context.Context, spec StoreSpec, replication string) (Store, error) {
+// Cassandra keyspace and schema as needed.
+func OpenStore(ctx context.Context, spec StoreSpec, o StoreOptions) (Store, error) {
 	switch spec.Kind {
 	case "sqlite":
 		if dir := filepath.Dir(spec.Path); dir != "" {
@@ -131,7 +139,9 @@ func OpenStore(ctx context.Context, spec StoreSpec, replication string) (Store, 
 		}
 		return sqlite.Open(ctx, spec.Path)
 	case "cassandra":
-		return cassandra.Open(ctx, cassandra.Options{Hosts: spec.Hosts, Keyspace: spec.Keyspace, Replication: replication})
+		return cassandra.Open(ctx, cassandra.Options{
+			Hosts: spec.Hosts, Keyspace: spec.Keyspace, Replication: o.CassandraReplication, Logger: o.Logger,
+		})
 	}
 	return nil, fmt.Errorf("open store: unknown kind %q", spec.Kind)
 }

@@ -201,7 +201,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- stri
 	if created {
 		log.Info("created a new token-signing key", "file", o.signingKey)
 	}
-	st, err := keyserver.OpenStore(ctx, spec, o.replication)
+	st, err := keyserver.OpenStore(ctx, spec, keyserver.StoreOptions{CassandraReplication: o.replication, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -6,16 +6,19 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hushchat/hush/internal/testenv"
 	"github.com/hushchat/hush/keyserver/ksclient"
 	"github.com/hushchat/hush/keyserver/store/storetest"
 )
@@ -83,9 +86,24 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func TestServe(t *testing.T) {
+func TestServeSQLite(t *testing.T) {
+	serveAndCheck(t, "sqlite:"+filepath.Join(t.TempDir(), "db", "keys.db"))
+}
+
+func TestServeCassandra(t *testing.T) {
+	c := testenv.NeedCassandra(t)
+	var hosts []string
+	for _, h := range c.Hosts {
+		hosts = append(hosts, net.JoinHostPort(h, strconv.Itoa(c.Port)))
+	}
+	serveAndCheck(t, "cassandra:"+strings.Join(hosts, ",")+"/"+c.Keyspace)
+}
+
+// serveAndCheck runs the server on store, registers and logs in through
+// it, checks health, readiness and metrics, and restarts it.
+func serveAndCheck(t *testing.T, store string) {
 	dir := t.TempDir()
-	args := []string{"--listen", "127.0.0.1:0", "--store", "sqlite:" + filepath.Join(dir, "db", "keys.db"),
+	args := []string{"--listen", "127.0.0.1:0", "--store", store,
 		"--signing-key", filepath.Join(dir, "signing.key"), "--log-level", "warn"}
 	start := func() (string, context.CancelFunc, chan error) {
 		ctx, cancel := context.WithCancel(context.Background())

@@ -35,6 +35,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log"
+	"log/slog"
 	"math"
 	"slices"
 	"sync"
@@ -92,6 +95,9 @@ type Options struct {
 	Replication string
 	// Timeout bounds each query (default 10 s).
 	Timeout time.Duration
+	// Logger receives the driver's own messages (connection trouble) at
+	// warn level (nil: discarded). They never contain query values.
+	Logger *slog.Logger
 }
 
 // Store is a store.Store on Cassandra.
@@ -126,6 +132,11 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	cfg.ConnectTimeout = o.Timeout
 	cfg.Consistency = gocql.LocalQuorum
 	cfg.SerialConsistency = gocql.LocalSerial
+	if o.Logger != nil {
+		cfg.Logger = slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn)
+	} else {
+		cfg.Logger = log.New(io.Discard, "", 0)
+	}
 	admin, err := cfg.CreateSession()
 	if err != nil {
 		return nil, fmt.Errorf("open cassandra %v: %w", o.Hosts, err)
