@@ -84,6 +84,7 @@ type env struct {
 	reg    *prometheus.Registry
 	logs   *logBuffer
 	clock  *fakeClock
+	wrap   func(queue.Store) queue.Store
 }
 
 type fakeClock struct {
@@ -102,6 +103,8 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.offset += d
 	c.mu.Unlock()
 }
+
+type queueOptions = queue.Options
 
 type envOption func(*Config, *queue.Options)
 
@@ -126,12 +129,19 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	for _, o := range opts {
 		o(&cfg, &qopts)
 	}
+	if w, ok := cfg.Store.(wrapper); ok {
+		e.wrap = w.wrap
+		cfg.Store = nil
+	}
 	e.dbPath = filepath.Join(t.TempDir(), "queue.db")
 	e.store, err = sqlite.Open(e.dbPath, qopts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.Store = e.store
+	if e.wrap != nil {
+		cfg.Store = e.wrap(e.store)
+	}
 	e.relay, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -384,4 +394,52 @@ func checkGoroutines(t *testing.T, base int) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// counter reads a counter (or gauge) with one label value from the relay's
+// registry; 0 when absent.
+func counter(t *testing.T, e *env, name, label string) float64 {
+	t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if label != "" && (len(m.GetLabel()) == 0 || m.GetLabel()[0].GetValue() != label) {
+				continue
+			}
+			switch {
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+// wrapper, set as Config.Store by an envOption, wraps the real store.
+type wrapper struct {
+	queue.Store
+	wrap func(queue.Store) queue.Store
+}
+
+func wrapStore(w func(queue.Store) queue.Store) envOption {
+	return func(c *Config, _ *queue.Options) { c.Store = wrapper{wrap: w} }
+}
+
+// slowPuts delays every Put, so Sends are in flight when a test wants them.
+type slowPuts struct {
+	queue.Store
+	delay time.Duration
+}
+
+func (s slowPuts) Put(ctx context.Context, p queue.Put) (queue.PutResult, error) {
+	time.Sleep(s.delay)
+	return s.Store.Put(ctx, p)
 }
