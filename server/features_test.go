@@ -106,7 +106,9 @@ func TestPresenceMutualConsentAndHiding(t *testing.T) {
 	sub := func(c *client, accounts ...string) {
 		c.send(&protocol.Frame{Body: &protocol.Frame_PresenceSubscribe{PresenceSubscribe: &protocol.PresenceSubscribe{Accounts: accounts}}})
 	}
-	heartbeat := func(c *client) { c.send(&protocol.Frame{Body: &protocol.Frame_Heartbeat{Heartbeat: &protocol.Heartbeat{}}}) }
+	heartbeat := func(c *client) {
+		c.send(&protocol.Frame{Body: &protocol.Frame_Heartbeat{Heartbeat: &protocol.Heartbeat{}}})
+	}
 	nextPresence := func(c *client) *protocol.Presence {
 		t.Helper()
 		for {
