@@ -1,0 +1,196 @@
+// Command hush-server runs hush in one process: the key server and the
+// blind relay on one listener, with embedded SQLite stores under one data
+// directory. It is what `make run` starts.
+//
+// Every flag falls back to the environment variable named in --help; a
+// flag on the command line wins. This file only parses flags; the wiring is
+// server/app.StartAllInOne.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/hushchat/hush/keyserver"
+	"github.com/hushchat/hush/keyserver/ratelimit"
+	"github.com/hushchat/hush/server"
+	"github.com/hushchat/hush/server/app"
+	"github.com/hushchat/hush/server/queue"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "hush-server:", err)
+		os.Exit(1)
+	}
+}
+
+// env reads flag defaults from the environment, remembering bad values.
+type env struct{ errs []error }
+
+func (e *env) str(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+func (e *env) dur(name string, def time.Duration) time.Duration {
+	v, ok := os.LookupEnv(name)
+	if !ok {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
+	}
+	return d
+}
+
+func (e *env) int(name string, def int) int {
+	v, ok := os.LookupEnv(name)
+	if !ok {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
+	}
+	return n
+}
+
+func (e *env) bool(name string, def bool) bool {
+	v, ok := os.LookupEnv(name)
+	if !ok {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
+	}
+	return b
+}
+
+type options struct {
+	cfg                      app.AllInOneConfig
+	nodeID                   int
+	anonBurst, bundleBurst   int
+	anonWindow, bundleWindow time.Duration
+	logLevel, logFormat      string
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	var e env
+	fs := flag.NewFlagSet("hush-server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := &o.cfg
+	fs.StringVar(&c.Listen, "listen", e.str("HUSH_LISTEN", "127.0.0.1:8080"),
+		"address to serve HTTP and WebSockets on (env HUSH_LISTEN)")
+	fs.StringVar(&c.DataDir, "data", e.str("HUSH_DATA", ".hush-data"),
+		"data directory, created with mode 0700: keys.db (accounts and keys), queue.db (envelopes\nwaiting for their ack), push.db (push endpoints) and signing.key (token-signing key) (env HUSH_DATA)")
+	fs.IntVar(&o.nodeID, "node-id", e.int("HUSH_NODE_ID", 0),
+		"Snowflake node id 0–1023 for server ids; unique per relay sharing a queue store (env HUSH_NODE_ID)")
+	fs.DurationVar(&c.Relay.TTL, "ttl", e.dur("HUSH_TTL", server.DefaultTTL),
+		"how long an envelope waits for its recipient's ack before it is deleted (env HUSH_TTL)")
+	fs.IntVar(&c.Relay.MaxQueue, "max-queue", e.int("HUSH_MAX_QUEUE", queue.DefaultMaxDepth),
+		"most envelopes one device's queue holds; a send beyond it fails with CODE_QUEUE_FULL (env HUSH_MAX_QUEUE)")
+	fs.DurationVar(&c.Relay.SweepInterval, "sweep-interval", e.dur("HUSH_SWEEP_INTERVAL", server.DefaultSweepInterval),
+		"how often expired envelopes are deleted (env HUSH_SWEEP_INTERVAL)")
+	fs.DurationVar(&c.Relay.PingInterval, "ping-interval", e.dur("HUSH_PING_INTERVAL", server.DefaultPingInterval),
+		"how often the relay pings each connection; one silent for 2.5× this is dropped (env HUSH_PING_INTERVAL)")
+	fs.BoolVar(&c.Relay.AllowPrivatePush, "allow-private-push", e.bool("HUSH_ALLOW_PRIVATE_PUSH", false),
+		"allow push endpoints on loopback and private addresses (a push distributor on your own network) (env HUSH_ALLOW_PRIVATE_PUSH)")
+	fs.StringVar(&c.InviteCode, "invite-code", "",
+		"if set, registration requires this invite code; empty means open registration.\nPrefer the env var: flags are visible in ps (env HUSH_INVITE_CODE)")
+	fs.DurationVar(&c.TokenTTL, "token-ttl", e.dur("HUSH_TOKEN_TTL", keyserver.DefaultTokenTTL),
+		"lifetime of an auth token; a connection is closed when its token expires (env HUSH_TOKEN_TTL)")
+	fs.IntVar(&o.anonBurst, "anon-rate", e.int("HUSH_ANON_RATE", keyserver.DefaultAnonRate.Burst),
+		"unauthenticated key-server calls (challenge, login, register) per client IP per --anon-rate-window (env HUSH_ANON_RATE)")
+	fs.DurationVar(&o.anonWindow, "anon-rate-window", e.dur("HUSH_ANON_RATE_WINDOW", keyserver.DefaultAnonRate.Per),
+		"window of --anon-rate (env HUSH_ANON_RATE_WINDOW)")
+	fs.IntVar(&o.bundleBurst, "bundle-rate", e.int("HUSH_BUNDLE_RATE", keyserver.DefaultBundleRate.Burst),
+		"prekey bundle fetches per (requester, target) per --bundle-rate-window (env HUSH_BUNDLE_RATE)")
+	fs.DurationVar(&o.bundleWindow, "bundle-rate-window", e.dur("HUSH_BUNDLE_RATE_WINDOW", keyserver.DefaultBundleRate.Per),
+		"window of --bundle-rate (env HUSH_BUNDLE_RATE_WINDOW)")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", e.dur("HUSH_SHUTDOWN_GRACE", 15*time.Second),
+		"on SIGINT/SIGTERM, how long clients and in-flight sends get to finish (env HUSH_SHUTDOWN_GRACE)")
+	fs.StringVar(&o.logLevel, "log-level", e.str("HUSH_LOG_LEVEL", "info"), "debug, info, warn or error (env HUSH_LOG_LEVEL)")
+	fs.StringVar(&o.logFormat, "log-format", e.str("HUSH_LOG_FORMAT", "text"), "text or json (env HUSH_LOG_FORMAT)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: hush-server [flags]
+
+Runs hush in one process: the key server (accounts, devices, prekeys, auth
+tokens; HTTP JSON under /v1/) and the blind relay (WebSocket at /v1/ws), on
+one address, with embedded stores under --data. Also serves /healthz,
+/readyz and Prometheus /metrics. SIGINT or SIGTERM shuts down gracefully:
+clients are told to reconnect and in-flight sends are finished.
+Every flag falls back to the environment variable named with it.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if v, ok := os.LookupEnv("HUSH_INVITE_CODE"); ok && !set["invite-code"] {
+		c.InviteCode = v
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
+	}
+	if len(e.errs) > 0 {
+		return o, errors.Join(e.errs...)
+	}
+	c.Relay.NodeID = int64(o.nodeID)
+	c.AnonRate = ratelimit.Rate{Burst: o.anonBurst, Per: o.anonWindow}
+	c.BundleRate = ratelimit.Rate{Burst: o.bundleBurst, Per: o.bundleWindow}
+	return o, nil
+}
+
+func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	hopts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, hopts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, hopts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	if o.cfg.Logger, err = newLogger(o.logLevel, o.logFormat, stderr); err != nil {
+		return err
+	}
+	a, err := app.StartAllInOne(ctx, o.cfg)
+	if err != nil {
+		return err
+	}
+	return a.Wait(ctx)
+}
