@@ -104,6 +104,25 @@ func (db *DB) OutboxItem(ctx context.Context, seq int64) (*OutboxItem, error) {
 	return it, nil
 }
 
+// OutboxForMessage implements OutboxStore.
+func (db *DB) OutboxForMessage(ctx context.Context, msg int64) (*OutboxItem, error) {
+	it := new(OutboxItem)
+	if err := scanOutbox(db.rq(ctx).QueryRowContext(ctx, "SELECT "+outboxCols+" FROM outbox WHERE message = ? ORDER BY seq LIMIT 1", msg), it); err != nil {
+		return nil, notFound(err, "outbox item of message %d", msg)
+	}
+	return it, nil
+}
+
+// PendingDistribution implements OutboxStore.
+func (db *DB) PendingDistribution(ctx context.Context, groupID []byte) (bool, error) {
+	var n int
+	err := db.rq(ctx).QueryRowContext(ctx, "SELECT COUNT(*) FROM outbox WHERE kind = ? AND group_id = ?", OutboxPairwise, groupID).Scan(&n)
+	if err != nil {
+		return false, fmt.Errorf("pending distributions: %w", err)
+	}
+	return n > 0, nil
+}
+
 // UpdateOutbox implements OutboxStore.
 func (db *DB) UpdateOutbox(ctx context.Context, it *OutboxItem) error {
 	_, err := db.wq(ctx).ExecContext(ctx, `UPDATE outbox SET client_id = ?, frame = ?, state = ?, attempts = ?,

@@ -249,7 +249,9 @@ type MessageStore interface {
 const (
 	// OutboxPairwise encrypts Content for every device of Accounts (and,
 	// with OwnDevices, for this account's other devices, which get
-	// SyncContent when set).
+	// SyncContent when set). With GroupID set it carries this device's
+	// sender key for that group, and its acknowledgement records the
+	// addressed devices as holders.
 	OutboxPairwise = 1
 	// OutboxGroup encrypts Content once with this device's sender key for
 	// GroupID and addresses every member device.
@@ -302,6 +304,11 @@ type OutboxStore interface {
 	UpdateOutbox(ctx context.Context, it *OutboxItem) error
 	// DeleteOutbox removes an item (acknowledged, or given up).
 	DeleteOutbox(ctx context.Context, seq int64) error
+	// OutboxForMessage returns the item carrying message seq, if any.
+	OutboxForMessage(ctx context.Context, msg int64) (*OutboxItem, error)
+	// PendingDistribution reports whether a sender-key distribution for
+	// the group is still in the outbox.
+	PendingDistribution(ctx context.Context, groupID []byte) (bool, error)
 	// UnblockOutbox re-queues blocked items that address name and
 	// returns how many.
 	UnblockOutbox(ctx context.Context, name string) (int, error)
