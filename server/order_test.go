@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -53,6 +54,7 @@ func TestOrderingUnderConcurrencyAndReconnects(t *testing.T) {
 	go func() { wg.Wait(); close(sendersDone) }()
 	receive := func(c *client, until func() bool) {
 		var last uint64
+		lastSeq := map[string]int{} // per sender: its messages arrive in its send order
 		for !until() {
 			var f *protocol.Frame
 			select {
@@ -70,6 +72,13 @@ func TestOrderingUnderConcurrencyAndReconnects(t *testing.T) {
 					t.Fatalf("out of order on one connection: %d after %d", env.ServerId, last)
 				}
 				last = env.ServerId
+				var name string
+				var seq int
+				fmt.Sscanf(strings.Replace(string(env.Payload), "-", " ", 1), "%s %d", &name, &seq)
+				if prev, ok := lastSeq[name]; ok && seq <= prev {
+					t.Fatalf("%s's message %d arrived after its message %d", name, seq, prev)
+				}
+				lastSeq[name] = seq
 				got[env.ServerId] = true
 				ids = append(ids, env.ServerId)
 			}

@@ -17,7 +17,9 @@ import (
 
 // startSend runs a Send in its own goroutine so that a connection can
 // have MaxInflightSends stored at once (they share the store's group
-// commit); beyond that the reader waits, and so does the client's TCP.
+// commit); beyond that the reader waits, and so does the client's TCP. The
+// server id is assigned here, in the reader, so that the Sends of one
+// connection are stored and delivered in the order they arrived.
 func (c *conn) startSend(s *protocol.Send) {
 	c.r.sendMu.RLock()
 	if c.r.sendsClosed {
@@ -30,25 +32,85 @@ func (c *conn) startSend(s *protocol.Send) {
 	c.r.sends.Add(1)
 	c.r.sendMu.RUnlock()
 	c.sendSlots <- struct{}{}
+	start := time.Now()
+	var ps *pendingSend
+	if !s.Ephemeral {
+		ps = c.r.beginSend(c.dev, s)
+	}
 	go func() {
 		defer func() {
 			<-c.sendSlots
 			c.r.sends.Done()
 		}()
 		ctx, cancel := context.WithTimeout(c.r.ctx, c.r.cfg.SendTimeout)
-		ack := c.r.processSend(ctx, c.dev, s)
+		ack := c.r.finishSend(ctx, c.dev, s, ps, start)
 		cancel()
 		c.enqueue(&protocol.Frame{Body: &protocol.Frame_SendAck{SendAck: ack}})
 	}()
 }
 
 // processSend validates, stores and routes one Send from device from, and
-// returns its SendAck. Nothing is stored unless every check passed; the
-// SendAck (without error) is returned only after the store made the
-// envelope durable for every recipient.
+// returns its SendAck (see beginSend and finishSend).
 func (r *Relay) processSend(ctx context.Context, from queue.Device, s *protocol.Send) *protocol.SendAck {
 	start := time.Now()
-	ack := r.doSend(ctx, from, s)
+	var ps *pendingSend
+	if !s.Ephemeral {
+		ps = r.beginSend(from, s)
+	}
+	return r.finishSend(ctx, from, s, ps, start)
+}
+
+// pendingSend is a durable Send between its id assignment and its store.
+type pendingSend struct {
+	put   queue.Put
+	seq   *inflightID
+	local []localRecipient
+}
+
+type localRecipient struct {
+	c *conn
+	i int // index in put.Recipients
+}
+
+// beginSend builds the Put, assigns its server id and tells the
+// recipients connected here that it is coming, atomically (see sequencer
+// and deliver.go). It must be followed by finishSend.
+func (r *Relay) beginSend(from queue.Device, s *protocol.Send) *pendingSend {
+	ps := &pendingSend{put: queue.Put{
+		Sender:       from.Account,
+		SenderDevice: from.ID,
+		ClientID:     s.ClientId,
+		Recipients:   make([]queue.Recipient, len(s.Recipients)),
+	}}
+	put := &ps.put
+	if len(s.Payload) > 0 {
+		put.Shared, put.SharedType = s.Payload, int32(s.Type)
+	}
+	for i, rc := range s.Recipients {
+		put.Recipients[i] = queue.Recipient{Device: queue.Device{Account: rc.Account, ID: rc.Device}}
+		if len(rc.Payload) > 0 {
+			put.Recipients[i].Type, put.Recipients[i].Payload = int32(rc.Type), rc.Payload
+		}
+	}
+	ps.seq = r.seq.begin(func(id uint64) {
+		put.ServerID = id
+		r.hubMu.RLock()
+		for i := range put.Recipients {
+			if c := r.hub[put.Recipients[i].Device]; c != nil && c.addPending(id) {
+				ps.local = append(ps.local, localRecipient{c, i})
+			}
+		}
+		r.hubMu.RUnlock()
+	})
+	return ps
+}
+
+// finishSend checks the recipients, stores the Put (ps; nil for an
+// ephemeral Send) and returns the SendAck. Nothing is stored unless every
+// check passed; a SendAck without error is returned only after the store
+// made the envelope durable for every recipient.
+func (r *Relay) finishSend(ctx context.Context, from queue.Device, s *protocol.Send, ps *pendingSend, start time.Time) *protocol.SendAck {
+	ack := r.doSend(ctx, from, s, ps)
 	r.m.sendSeconds.Observe(time.Since(start).Seconds())
 	switch {
 	case ack.Error != nil:
@@ -62,72 +124,47 @@ func (r *Relay) processSend(ctx context.Context, from queue.Device, s *protocol.
 	return ack
 }
 
-func (r *Relay) doSend(ctx context.Context, from queue.Device, s *protocol.Send) *protocol.SendAck {
+func (r *Relay) doSend(ctx context.Context, from queue.Device, s *protocol.Send, ps *pendingSend) *protocol.SendAck {
 	if e := r.checkRecipients(ctx, from, s.Recipients); e != nil {
+		if ps != nil {
+			r.abandon(ps)
+		}
 		return &protocol.SendAck{ClientId: s.ClientId, Error: e}
 	}
-	if s.Ephemeral {
+	if ps == nil {
 		return r.sendEphemeral(ctx, from, s)
 	}
+	put := &ps.put
 	now := r.cfg.Now().Truncate(time.Millisecond)
-	put := queue.Put{
-		Sender:       from.Account,
-		SenderDevice: from.ID,
-		ClientID:     s.ClientId,
-		ServerTime:   now,
-		ExpiresAt:    now.Add(r.cfg.TTL),
-		Recipients:   make([]queue.Recipient, len(s.Recipients)),
-	}
-	if len(s.Payload) > 0 {
-		put.Shared, put.SharedType = s.Payload, int32(s.Type)
-	}
-	for i, rc := range s.Recipients {
-		put.Recipients[i] = queue.Recipient{Device: queue.Device{Account: rc.Account, ID: rc.Device}}
-		if len(rc.Payload) > 0 {
-			put.Recipients[i].Type, put.Recipients[i].Payload = int32(rc.Type), rc.Payload
-		}
-	}
-
-	// Assign the id and tell the recipients connected here that it is
-	// coming, atomically (see sequencer and deliver.go).
-	type localRecipient struct {
-		c *conn
-		i int
-	}
-	var local []localRecipient
-	seq := r.seq.begin(func(id uint64) {
-		put.ServerID = id
-		r.hubMu.RLock()
-		for i := range put.Recipients {
-			if c := r.hub[put.Recipients[i].Device]; c != nil && c.addPending(id) {
-				local = append(local, localRecipient{c, i})
-			}
-		}
-		r.hubMu.RUnlock()
-	})
-	res, err := r.store.Put(ctx, put)
+	put.ServerTime, put.ExpiresAt = now, now.Add(r.cfg.TTL)
+	res, err := r.store.Put(ctx, *put)
 	if err != nil || res.Duplicate {
-		for _, l := range local {
-			l.c.cancelPending(put.ServerID)
-		}
+		r.abandon(ps)
 	} else {
-		for _, l := range local {
-			l.c.commitPending(put.ServerID, envelopeFor(&put, l.i))
+		for _, l := range ps.local {
+			l.c.commitPending(put.ServerID, envelopeFor(put, l.i))
 		}
+		r.seq.end(ps.seq)
 	}
-	r.seq.end(seq)
-
 	if err != nil {
 		return &protocol.SendAck{ClientId: s.ClientId, Error: r.putError(from, err)}
 	}
 	if !res.Duplicate {
 		isLocal := make([]bool, len(put.Recipients))
-		for _, l := range local {
+		for _, l := range ps.local {
 			isLocal[l.i] = true
 		}
-		r.ring(ctx, &put, isLocal)
+		r.ring(ctx, put, isLocal)
 	}
 	return &protocol.SendAck{ClientId: s.ClientId, ServerId: res.ServerID, ServerTimeMs: res.ServerTime.UnixMilli()}
+}
+
+// abandon withdraws a Put that will not be stored under its id.
+func (r *Relay) abandon(ps *pendingSend) {
+	for _, l := range ps.local {
+		l.c.cancelPending(ps.put.ServerID)
+	}
+	r.seq.end(ps.seq)
 }
 
 // envelopeFor builds the envelope recipient i of put receives.
