@@ -80,7 +80,9 @@ type Info struct {
 // Guarantees every implementation gives (mediatest checks each):
 //
 //   - An upload URL from PresignUpload accepts exactly one PUT of exactly
-//     size bytes to exactly key, until ttl has passed. A body of another
+//     size bytes (size ≥ 1: an encrypted attachment is never empty, and
+//     SigV4 cannot bind a zero length) to exactly key, until ttl has
+//     passed. A body of another
 //     length, an altered URL (another key, size or signature), an expired
 //     URL, or a PUT to a key that already holds an object is refused, and
 //     leaves nothing behind.

@@ -395,6 +395,9 @@ func (s *Service) slot(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return refuse(http.StatusBadRequest, "bad_request", mediaapi.CodeMalformedJSON, `expected {"size": <encrypted size in bytes>}: %v`, err)
 	}
+	if req.Size < mediaapi.MinUpload {
+		return refuse(http.StatusBadRequest, "bad_request", mediaapi.CodeInvalidSize, "size %d: an encrypted attachment is at least %d byte", req.Size, mediaapi.MinUpload)
+	}
 	if req.Size > s.cfg.MaxUpload {
 		e := refuse(http.StatusRequestEntityTooLarge, "too_large", mediaapi.CodeTooLarge,
 			"the file is %d bytes encrypted; the limit is %d bytes (%s)", req.Size, s.cfg.MaxUpload, humanBytes(s.cfg.MaxUpload))

@@ -244,8 +244,8 @@ func (s *Store) PresignUpload(_ context.Context, key string, size int64, ttl tim
 	if err := checkKey(key); err != nil {
 		return media.Request{}, err
 	}
-	if size < 0 {
-		return media.Request{}, fmt.Errorf("media disk store: negative size %d", size)
+	if size < 1 {
+		return media.Request{}, fmt.Errorf("media disk store: size %d: uploads are at least 1 byte", size)
 	}
 	return media.Request{
 		Method: http.MethodPut,

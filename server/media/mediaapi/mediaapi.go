@@ -50,6 +50,9 @@ const (
 	MaxResponseBody = 64 << 10
 	// DefaultMaxUpload is the default largest encrypted file, in bytes.
 	DefaultMaxUpload = 100 << 20
+	// MinUpload is the smallest upload: an encrypted attachment is never
+	// empty (crypto's format makes it at least 64 bytes).
+	MinUpload = 1
 )
 
 // SlotRequest asks for an upload slot. Size is the exact size of the
@@ -101,7 +104,7 @@ type Error struct {
 const (
 	// Request shape (400 unless noted).
 	CodeMalformedJSON    = "malformed_json"     // the body is not one JSON object of the documented shape
-	CodeInvalidSize      = "invalid_size"       // size is negative or missing
+	CodeInvalidSize      = "invalid_size"       // size is below MinUpload
 	CodeBodyTooLarge     = "body_too_large"     // 413: the JSON body itself exceeds MaxRequestBody
 	CodeInvalidKey       = "invalid_object_key" // the object key is not a key this server issues
 	CodeNotFound         = "not_found"          // 404: no such object (never uploaded, or expired) or route

@@ -204,17 +204,11 @@ const expectThreshold = 1 << 20
 // Nothing is retried: a slot's URL is single-use and a failed upload
 // leaves nothing behind, so a caller retries with a new slot.
 func (c *Client) Put(ctx context.Context, slot mediaapi.Slot, body io.Reader, progress Progress) error {
-	er := &exactReader{r: body, remaining: slot.Size, total: slot.Size, progress: progress}
-	var rd io.Reader = er
-	if slot.Size == 0 {
-		// Go sends Content-Length: 0 only for NoBody; check the body is
-		// really empty first.
-		if err := er.peek(); err != nil {
-			return fmt.Errorf("media upload: %w", err)
-		}
-		rd = http.NoBody
+	if slot.Size < mediaapi.MinUpload {
+		return fmt.Errorf("media upload: slot size %d is below %d", slot.Size, mediaapi.MinUpload)
 	}
-	req, err := http.NewRequestWithContext(ctx, slot.Method, slot.UploadURL, rd)
+	er := &exactReader{r: body, remaining: slot.Size, total: slot.Size, progress: progress}
+	req, err := http.NewRequestWithContext(ctx, slot.Method, slot.UploadURL, er)
 	if err != nil {
 		return fmt.Errorf("media upload: %w", err)
 	}
@@ -240,7 +234,7 @@ func (c *Client) Put(ctx context.Context, slot mediaapi.Slot, body io.Reader, pr
 	if resp.StatusCode/100 != 2 {
 		return responseError("upload", resp, b)
 	}
-	if slot.Size > 0 && er.remaining != 0 {
+	if er.remaining != 0 {
 		return fmt.Errorf("media upload: %w: the store answered %s after %d of %d bytes", ErrBodyTooShort, resp.Status, slot.Size-er.remaining, slot.Size)
 	}
 	return nil

@@ -3,12 +3,19 @@
 // never carries file bytes: it presigns a PUT and a GET (s3.PresignClient)
 // and clients talk to the bucket directly.
 //
-// The upload URL is signed over the object key, the Content-Length and an
-// "If-None-Match: *" header: the store itself then refuses a body of any
-// other size, a URL pointed at another key, and a second upload to an
-// existing key (412), which is what binds a slot to its account. S3
-// stores an object atomically when its PUT completes, so a broken upload
-// leaves nothing visible.
+// The upload URL is signed over the object key, the Content-Length, an
+// "If-None-Match: *" header and an "x-amz-meta-hush-size" header carrying
+// the size again: the store itself then refuses a body of another declared
+// size, a URL pointed at another key, and a second upload to an existing
+// key (412), which is what binds a slot to its account.
+//
+// AWS S3 stores an object only when its PUT completes, but not every
+// S3-compatible server does: versitygw, for one, keeps the bytes it
+// received from a PUT whose connection broke early. So an object is
+// visible (Stat, and therefore download URLs) only when its stored length
+// equals the size in its signed metadata; a partial object stays hidden
+// until the sweeper removes it. Empty objects are refused: SigV4 cannot
+// sign a Content-Length of 0, and an encrypted attachment is never empty.
 //
 // Objects live under a key prefix (default "media/") as prefix+objectKey.
 // Retention is enforced by the sweeper (Sweep, run by media.Service.Run)
@@ -22,6 +29,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,6 +49,10 @@ const DefaultPrefix = "media/"
 
 // LifecycleRuleID names the lifecycle rule EnsureLifecycle maintains.
 const LifecycleRuleID = "hush-media-retention"
+
+// sizeMeta is the user-metadata key (x-amz-meta-hush-size) holding the
+// size an object's upload URL was signed for.
+const sizeMeta = "hush-size"
 
 // maxPresign is the longest lifetime SigV4 allows a presigned URL.
 const maxPresign = 7 * 24 * time.Hour
@@ -180,8 +192,8 @@ func (s *Store) PresignUpload(ctx context.Context, key string, size int64, ttl t
 	if err := checkKey(key); err != nil {
 		return media.Request{}, err
 	}
-	if size < 0 {
-		return media.Request{}, fmt.Errorf("media s3 store: negative size %d", size)
+	if size < 1 {
+		return media.Request{}, fmt.Errorf("media s3 store: size %d: uploads are at least 1 byte", size)
 	}
 	if err := checkTTL(ttl); err != nil {
 		return media.Request{}, err
@@ -191,13 +203,14 @@ func (s *Store) PresignUpload(ctx context.Context, key string, size int64, ttl t
 		Key:           aws.String(s.ObjectName(key)),
 		ContentLength: aws.Int64(size),
 		IfNoneMatch:   aws.String("*"),
+		Metadata:      map[string]string{sizeMeta: strconv.FormatInt(size, 10)},
 	}, awss3.WithPresignExpires(ttl))
 	if err != nil {
 		return media.Request{}, fmt.Errorf("media s3 store: presign PUT %s: %w", hint(key), err)
 	}
-	if !signsHeader(out.URL, "content-length") {
-		// Without it a slot would not bound the upload's size.
-		return media.Request{}, fmt.Errorf("media s3 store: presigned PUT does not sign Content-Length")
+	if !signsHeader(out.URL, "content-length") || !signsHeader(out.URL, "x-amz-meta-"+sizeMeta) {
+		// Without them a slot would not bound the upload's size.
+		return media.Request{}, fmt.Errorf("media s3 store: presigned PUT does not sign the size")
 	}
 	return media.Request{Method: out.Method, URL: out.URL, Header: clientHeaders(out.SignedHeader)}, nil
 }
@@ -265,7 +278,12 @@ func (s *Store) Stat(ctx context.Context, key string) (media.Info, error) {
 	if err != nil {
 		return media.Info{}, fmt.Errorf("media s3 store: stat %s: %w", hint(key), err)
 	}
-	return media.Info{Size: aws.ToInt64(out.ContentLength), Created: aws.ToTime(out.LastModified)}, nil
+	size := aws.ToInt64(out.ContentLength)
+	if declared := out.Metadata[sizeMeta]; declared != strconv.FormatInt(size, 10) {
+		// A partial upload some stores keep: not an object.
+		return media.Info{}, fmt.Errorf("stat %s: %w: %d bytes stored, %q declared", hint(key), media.ErrNotFound, size, declared)
+	}
+	return media.Info{Size: size, Created: aws.ToTime(out.LastModified)}, nil
 }
 
 func isNotFound(err error) bool {
