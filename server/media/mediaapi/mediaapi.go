@@ -165,20 +165,50 @@ func DecodeSlotRequest(b []byte) (SlotRequest, error) {
 	if len(b) > MaxRequestBody {
 		return SlotRequest{}, fmt.Errorf("slot request: %w: %d bytes exceeds %d", ErrMalformed, len(b), MaxRequestBody)
 	}
-	var raw struct {
-		Size *json.RawMessage `json:"size"`
-	}
-	if err := decodeStrict(b, &raw); err != nil {
+	n, err := decodeSizeObject(b)
+	if err != nil {
 		return SlotRequest{}, fmt.Errorf("slot request: %w: %v", ErrMalformed, err)
 	}
-	if raw.Size == nil {
-		return SlotRequest{}, fmt.Errorf("slot request: %w: missing \"size\"", ErrMalformed)
-	}
-	n, err := parseSize(string(*raw.Size))
-	if err != nil {
-		return SlotRequest{}, fmt.Errorf("slot request: %w: size %v", ErrMalformed, err)
-	}
 	return SlotRequest{Size: n}, nil
+}
+
+// decodeSizeObject reads exactly {"size": <integer>} token by token:
+// encoding/json alone would accept "Size" or "SIZE" for "size" and take
+// the last of duplicate keys, and one request should have one reading.
+func decodeSizeObject(b []byte) (int64, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	expect := func(what string, ok func(json.Token) bool) (json.Token, error) {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("expected %s: %v", what, err)
+		}
+		if !ok(tok) {
+			return nil, fmt.Errorf("expected %s", what)
+		}
+		return tok, nil
+	}
+	if _, err := expect("{", func(t json.Token) bool { return t == json.Delim('{') }); err != nil {
+		return 0, err
+	}
+	if _, err := expect(`the single field "size"`, func(t json.Token) bool { return t == "size" }); err != nil {
+		return 0, err
+	}
+	tok, err := expect("an integer size", func(t json.Token) bool { _, ok := t.(json.Number); return ok })
+	if err != nil {
+		return 0, err
+	}
+	n, err := parseSize(string(tok.(json.Number)))
+	if err != nil {
+		return 0, fmt.Errorf("size %v", err)
+	}
+	if _, err := expect(`"}" after the size (no other fields)`, func(t json.Token) bool { return t == json.Delim('}') }); err != nil {
+		return 0, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return 0, errors.New("data after the JSON object")
+	}
+	return n, nil
 }
 
 // maxJSONInt is the largest integer every JSON implementation holds exactly.
@@ -256,20 +286,6 @@ func decodeBounded(b []byte, v any) error {
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	return nil
-}
-
-// decodeStrict decodes exactly one JSON value into v, refusing unknown
-// fields and anything after the value.
-func decodeStrict(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("data after the JSON object")
 	}
 	return nil
 }
