@@ -423,7 +423,7 @@ func msgSize(p *queue.Put, r *queue.Recipient) int {
 // batchSize estimates the single logged batch of p.
 func (s *Store) batchSize(p *queue.Put) int {
 	n := rowOverhead + 5*cellOverhead + len(p.Sender) + len(p.ClientID) + 32 // done
-	n += rowOverhead + 7*cellOverhead + 64                                    // expiry index row
+	n += rowOverhead + 7*cellOverhead + 64                                   // expiry index row
 	for i := range p.Recipients {
 		r := &p.Recipients[i]
 		n += msgSize(p, r) + len(r.Device.Account) + 8 // its share of the expiry row's lists
