@@ -214,17 +214,19 @@ func (c *Client) MarkRead(ctx context.Context, conv ConvID) error {
 	if _, _, err := c.account(); err != nil {
 		return err
 	}
-	msgs, err := c.db.MarkRead(ctx, string(conv))
-	if err != nil {
-		return err
-	}
-	rc := receipts{}
-	for _, m := range msgs {
-		if m.Kind == store.KindText || m.Kind == store.KindAttachment {
-			rc[m.Sender] = append(rc[m.Sender], m.ID)
+	return c.tx(ctx, func(ctx context.Context, t *txn) error {
+		msgs, err := c.db.MarkRead(ctx, string(conv))
+		if err != nil {
+			return err
 		}
-	}
-	return c.queueReceipts(ctx, protocol.Receipt_TYPE_READ, rc, true)
+		rc := receipts{}
+		for _, m := range msgs {
+			if m.Kind == store.KindText || m.Kind == store.KindAttachment {
+				rc[m.Sender] = append(rc[m.Sender], m.ID)
+			}
+		}
+		return c.enqueueReceipts(ctx, t, protocol.Receipt_TYPE_READ, rc, true)
+	})
 }
 
 // SendTyping tells the peers of conv that this user started or stopped

@@ -126,6 +126,10 @@ func (c *Client) connLoop() {
 		}
 		c.setSession(s)
 		c.setState(Connected, 0, "")
+		// Receipts owed from before a crash.
+		if err := c.flushReceipts(c.ctx); err != nil && c.ctx.Err() == nil {
+			c.log.Error("queue owed receipts", "err", err)
+		}
 		wakeup(c.outboxWake)
 		wakeup(c.keysWake)
 		started := c.clock.Now()

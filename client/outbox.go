@@ -602,10 +602,23 @@ func (c *Client) preparePairwise(ctx context.Context, it *store.OutboxItem) (*fl
 		// A session vanished meanwhile (a retry request): try again.
 		return nil, &transientError{err: err, after: time.Millisecond}
 	case errors.Is(err, crypto.ErrUntrustedIdentity):
+		// checkTrust passed, so the recorded key is accepted: the session
+		// was built on a key that has since been replaced (Trust). Drop it;
+		// the next attempt starts a new one from a fresh bundle.
 		var uie *crypto.UntrustedIdentityError
-		if errors.As(err, &uie) {
-			return nil, &IdentityChangedError{Accounts: []string{uie.Address.Name}}
+		if !errors.As(err, &uie) {
+			return nil, err
 		}
+		err := c.db.Atomic(ctx, func(ctx context.Context) error {
+			if err := c.protocol().DeleteSession(ctx, uie.Address); err != nil {
+				return err
+			}
+			return c.db.RemoveSenderKeyHolder(ctx, uie.Address)
+		})
+		if err != nil {
+			return nil, err
+		}
+		return nil, &transientError{err: fmt.Errorf("session with %s is stale: %w", uie.Address, crypto.ErrUntrustedIdentity), after: time.Millisecond}
 	}
 	return nil, err
 }

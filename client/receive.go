@@ -41,7 +41,7 @@ type envelope struct {
 
 func (e *envelope) addr() crypto.Address { return crypto.Address{Name: e.sender, DeviceID: e.device} }
 
-// receipts collects the delivery receipts a batch owes, per sender.
+// receipts are message ids by sender.
 type receipts map[string][][]byte
 
 // errCrashTest ends the connection without acknowledging (test hook).
@@ -49,14 +49,13 @@ var errCrashTest = errors.New("test hook: dropped the connection before ACK")
 
 // receive processes one Deliver batch, then acknowledges it.
 func (c *Client) receive(ctx context.Context, s *session, envs []*protocol.Envelope) error {
-	rc := receipts{}
 	acks := make([]uint64, 0, len(envs))
 	for _, pe := range envs {
 		e := &envelope{serverID: pe.ServerId, sender: pe.Sender, device: pe.SenderDevice, typ: pe.Type,
 			payload: pe.Payload, serverTime: time.UnixMilli(pe.ServerTimeMs)}
 		if pe.Ephemeral {
 			c.receiveEphemeral(ctx, e)
-		} else if err := c.processEnvelope(ctx, e, rc); err != nil {
+		} else if err := c.processEnvelope(ctx, e); err != nil {
 			return fmt.Errorf("process envelope %d: %w", e.serverID, err)
 		}
 		acks = append(acks, pe.ServerId)
@@ -64,9 +63,9 @@ func (c *Client) receive(ctx context.Context, s *session, envs []*protocol.Envel
 			return errCrashTest
 		}
 	}
-	// Receipts are queued before the ACK: a crash in between redelivers
-	// the batch, whose envelopes are then only acknowledged.
-	if err := c.queueReceipts(ctx, protocol.Receipt_TYPE_DELIVERED, rc, false); err != nil {
+	// The receipts the batch owes (recorded with each message) go out as
+	// one receipt per sender.
+	if err := c.flushReceipts(ctx); err != nil {
 		return err
 	}
 	for len(acks) > 0 {
@@ -80,7 +79,7 @@ func (c *Client) receive(ctx context.Context, s *session, envs []*protocol.Envel
 }
 
 // processEnvelope stores one envelope's effects exactly once.
-func (c *Client) processEnvelope(ctx context.Context, e *envelope, rc receipts) error {
+func (c *Client) processEnvelope(ctx context.Context, e *envelope) error {
 	if done, err := c.db.Processed(ctx, e.serverID); err != nil || done {
 		return err
 	}
@@ -89,7 +88,7 @@ func (c *Client) processEnvelope(ctx context.Context, e *envelope, rc receipts) 
 		if err != nil || !fresh {
 			return err
 		}
-		return c.handleEnvelope(ctx, t, e, rc)
+		return c.handleEnvelope(ctx, t, e)
 	})
 }
 
@@ -175,7 +174,7 @@ func (c *Client) decrypt(ctx context.Context, e *envelope) ([]byte, []byte, erro
 
 // handleEnvelope decrypts and applies one envelope inside the caller's
 // transaction.
-func (c *Client) handleEnvelope(ctx context.Context, t *txn, e *envelope, rc receipts) error {
+func (c *Client) handleEnvelope(ctx context.Context, t *txn, e *envelope) error {
 	self := c.self()
 	if e.addr() == self {
 		return nil // the relay never echoes our own sends; ignore if it does
@@ -194,7 +193,7 @@ func (c *Client) handleEnvelope(ctx context.Context, t *txn, e *envelope, rc rec
 		if !accepted {
 			return c.db.Hold(ctx, c.held(e, holdIdentity))
 		}
-		return c.handleEnvelope(ctx, t, e, rc)
+		return c.handleEnvelope(ctx, t, e)
 	case errors.Is(err, crypto.ErrNoSenderKey):
 		return c.db.Hold(ctx, c.held(e, holdNoSenderKey))
 	case isDecryptFailure(err):
@@ -214,7 +213,7 @@ func (c *Client) handleEnvelope(ctx context.Context, t *txn, e *envelope, rc rec
 		c.log.Warn("dropping a group message whose content names another group", "sender", e.addr().String())
 		return nil
 	}
-	return c.applyContent(ctx, t, e, content, rc)
+	return c.applyContent(ctx, t, e, content)
 }
 
 // isDecryptFailure tells a message that cannot be opened from a failure
@@ -317,7 +316,7 @@ func (c *Client) ensureDirect(ctx context.Context, t *txn, name string) error {
 }
 
 // applyContent acts on decrypted content.
-func (c *Client) applyContent(ctx context.Context, t *txn, e *envelope, content *protocol.Content, rc receipts) error {
+func (c *Client) applyContent(ctx context.Context, t *txn, e *envelope, content *protocol.Content) error {
 	me := c.me()
 	fromSelf := e.sender == me
 	now := c.clock.Now()
@@ -340,8 +339,8 @@ func (c *Client) applyContent(ctx context.Context, t *txn, e *envelope, content 
 			if err := c.addRecipients(ctx, m, conv); err != nil {
 				return err
 			}
-		} else {
-			rc[e.sender] = append(rc[e.sender], content.MessageId)
+		} else if err := c.db.OweReceipt(ctx, e.sender, content.MessageId); err != nil {
+			return err
 		}
 		return c.emitDurable(ctx, t, &MessageEvent{Message: c.messageFromStore(m)})
 
@@ -626,7 +625,6 @@ func (c *Client) reprocessHeld(ctx context.Context, sender, reason string) {
 		c.log.Error("list held envelopes", "err", err)
 		return
 	}
-	rc := receipts{}
 	for _, h := range held {
 		if h.Reason != reason {
 			continue
@@ -637,13 +635,13 @@ func (c *Client) reprocessHeld(ctx context.Context, sender, reason string) {
 			if err := c.db.Unhold(ctx, h.ServerID); err != nil {
 				return err
 			}
-			return c.handleEnvelope(ctx, t, e, rc)
+			return c.handleEnvelope(ctx, t, e)
 		})
 		if err != nil {
 			c.log.Error("process a held envelope", "server_id", h.ServerID, "err", err)
 		}
 	}
-	if err := c.queueReceipts(ctx, protocol.Receipt_TYPE_DELIVERED, rc, false); err != nil {
+	if err := c.flushReceipts(ctx); err != nil {
 		c.log.Error("queue receipts", "err", err)
 	}
 }
@@ -700,34 +698,36 @@ func (c *Client) sweepHeld(ctx context.Context) {
 	wakeup(c.outboxWake)
 }
 
-// queueReceipts queues one receipt per sender (split at MaxReceiptIDs).
+// flushReceipts queues the delivery receipts owed, one per sender.
+func (c *Client) flushReceipts(ctx context.Context) error {
+	return c.tx(ctx, func(ctx context.Context, t *txn) error {
+		rc, err := c.db.TakeReceipts(ctx)
+		if err != nil {
+			return err
+		}
+		return c.enqueueReceipts(ctx, t, protocol.Receipt_TYPE_DELIVERED, rc, false)
+	})
+}
+
+// enqueueReceipts queues one receipt per sender (split at MaxReceiptIDs).
 // own also sends it to this account's other devices (a read sync).
-func (c *Client) queueReceipts(ctx context.Context, typ protocol.Receipt_Type, rc receipts, own bool) error {
-	if len(rc) == 0 {
-		return nil
-	}
+func (c *Client) enqueueReceipts(ctx context.Context, t *txn, typ protocol.Receipt_Type, rc receipts, own bool) error {
 	senders := make([]string, 0, len(rc))
 	for s := range rc {
 		senders = append(senders, s)
 	}
 	slices.Sort(senders)
-	err := c.tx(ctx, func(ctx context.Context, t *txn) error {
-		for _, s := range senders {
-			ids := rc[s]
-			for len(ids) > 0 {
-				n := min(len(ids), protocol.MaxReceiptIDs)
-				content := &protocol.Content{MessageId: newMessageIDBytes(), SentAtMs: c.clock.Now().UnixMilli(),
-					Body: &protocol.Content_Receipt{Receipt: &protocol.Receipt{Type: typ, MessageIds: ids[:n]}}}
-				if err := c.enqueuePairwise(ctx, t, content, nil, []string{s}, own, 0, nil); err != nil {
-					return err
-				}
-				ids = ids[n:]
+	for _, s := range senders {
+		ids := rc[s]
+		for len(ids) > 0 {
+			n := min(len(ids), protocol.MaxReceiptIDs)
+			content := &protocol.Content{MessageId: newMessageIDBytes(), SentAtMs: c.clock.Now().UnixMilli(),
+				Body: &protocol.Content_Receipt{Receipt: &protocol.Receipt{Type: typ, MessageIds: ids[:n]}}}
+			if err := c.enqueuePairwise(ctx, t, content, nil, []string{s}, own, 0, nil); err != nil {
+				return err
 			}
+			ids = ids[n:]
 		}
-		return nil
-	})
-	if err == nil {
-		wakeup(c.outboxWake)
 	}
-	return err
+	return nil
 }

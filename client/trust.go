@@ -49,9 +49,10 @@ func (c *Client) identityChanged(ctx context.Context, t *txn, addr crypto.Addres
 }
 
 // Trust accepts name's changed identity keys: they replace the recorded
-// ones (not verified), the sessions built on the old keys are dropped,
-// held messages from name are processed and blocked sends go out. It is a
-// no-op when nothing changed.
+// ones (not verified), held messages from name are processed and blocked
+// sends go out (a session still built on an old key is replaced by a new
+// one from a fresh bundle on the next send). It is a no-op when nothing
+// changed.
 func (c *Client) Trust(ctx context.Context, name string) error {
 	name, err := protocol.NormalizeAccountName(name)
 	if err != nil {
@@ -76,12 +77,6 @@ func (c *Client) acceptChanges(ctx context.Context, name string) error {
 		for _, ch := range changes {
 			addr := crypto.Address{Name: ch.Name, DeviceID: ch.Device}
 			if err := p.TrustIdentity(ctx, addr, ch.NewKey, false); err != nil {
-				return err
-			}
-			if err := p.DeleteSession(ctx, addr); err != nil {
-				return err
-			}
-			if err := c.db.RemoveSenderKeyHolder(ctx, addr); err != nil {
 				return err
 			}
 		}

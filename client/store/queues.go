@@ -396,6 +396,40 @@ func (db *DB) Unhold(ctx context.Context, serverID uint64) error {
 	return nil
 }
 
+// OweReceipt implements InboxStore.
+func (db *DB) OweReceipt(ctx context.Context, sender string, id []byte) error {
+	_, err := db.wq(ctx).ExecContext(ctx, "INSERT INTO pending_receipts (sender, msg_id) VALUES (?, ?) ON CONFLICT DO NOTHING", sender, id)
+	if err != nil {
+		return fmt.Errorf("owe receipt: %w", err)
+	}
+	return nil
+}
+
+// TakeReceipts implements InboxStore.
+func (db *DB) TakeReceipts(ctx context.Context) (map[string][][]byte, error) {
+	out := map[string][][]byte{}
+	err := db.inTx(ctx, func(q querier) error {
+		rows, err := q.QueryContext(ctx, "DELETE FROM pending_receipts RETURNING sender, msg_id")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var s string
+			var id []byte
+			if err := rows.Scan(&s, &id); err != nil {
+				return err
+			}
+			out[s] = append(out[s], id)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("take owed receipts: %w", err)
+	}
+	return out, nil
+}
+
 // --- EventStore ---
 
 // AppendEvent implements EventStore.

@@ -208,6 +208,14 @@ var schema = []string{
 	) STRICT;
 	CREATE INDEX held_sender ON held (sender);
 
+	-- Delivery receipts owed for stored messages, queued in the same
+	-- transaction as the message so that a crash cannot lose them.
+	CREATE TABLE pending_receipts (
+		sender TEXT NOT NULL,
+		msg_id BLOB NOT NULL,
+		PRIMARY KEY (sender, msg_id)
+	) STRICT, WITHOUT ROWID;
+
 	-- Durable events not yet handled by the application.
 	CREATE TABLE events (
 		seq        INTEGER PRIMARY KEY AUTOINCREMENT,

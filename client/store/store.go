@@ -389,6 +389,11 @@ type InboxStore interface {
 	HeldEnvelopes(ctx context.Context, sender string) ([]HeldEnvelope, error)
 	// Unhold deletes a held envelope.
 	Unhold(ctx context.Context, serverID uint64) error
+	// OweReceipt records that a delivery receipt is owed to sender for
+	// message id.
+	OweReceipt(ctx context.Context, sender string, id []byte) error
+	// TakeReceipts removes and returns the owed receipts by sender.
+	TakeReceipts(ctx context.Context) (map[string][][]byte, error)
 }
 
 // StoredEvent is a durable event awaiting its handler.
