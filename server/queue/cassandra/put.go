@@ -87,15 +87,17 @@ type claimed struct {
 
 func millis(t time.Time) time.Time { return time.UnixMilli(t.UnixMilli()).UTC() }
 
-// ttlUntil returns the TTL in whole seconds that keeps a row until at
-// least t (ceil): Cassandra never drops it before the store considers it
-// expired. At least 1: a TTL of 0 would mean "forever".
+// ttlUntil returns a TTL in seconds that keeps a row until at least t.
+// Cassandra counts a TTL from the current second rounded down, so a row
+// can die up to a second before now+ttl: one second more than the ceiling
+// makes sure it never dies before the store considers it expired. At least
+// 1: a TTL of 0 would mean "forever".
 func ttlUntil(t, now time.Time) int {
 	d := t.Sub(now)
 	if d <= 0 {
 		return 1
 	}
-	return int(min(math.Ceil(d.Seconds()), maxTTL))
+	return int(min(math.Ceil(d.Seconds())+1, maxTTL))
 }
 
 // Put implements queue.Store. See the package doc for the protocol: claim,
