@@ -49,6 +49,7 @@ const (
 	stmtReleaseClaim = `DELETE FROM queue_claims WHERE sender = ? AND sender_device = ? AND client_id = ? IF owner = ?`
 	stmtReadDone     = `SELECT server_id FROM queue_done WHERE sender = ? AND sender_device = ? AND client_id = ?`
 	stmtCountQueue   = `SELECT server_id, pending FROM queue_messages WHERE account = ? AND device = ?`
+	stmtCountRows    = `SELECT COUNT(*) FROM queue_messages WHERE account = ? AND device = ?`
 )
 
 // identity is what a Put is stored under. The first attempt of a message
@@ -341,15 +342,28 @@ func (s *Store) release(ctx context.Context, k idemKey, owner gocql.UUID) {
 	}
 }
 
-// checkCaps counts every recipient's queue (bounded by the cap) and
-// returns a *QueueFullError for the first full one in recipient order.
+// checkCaps counts every recipient's queue and returns a *QueueFullError
+// for the first full one in recipient order. The count is a server-side
+// COUNT(*) of the partition, which the cap itself keeps small; only a
+// queue that looks full is recounted exactly (staged rows of uncommitted
+// Puts do not count).
 func (s *Store) checkCaps(ctx context.Context, p *queue.Put) (*queue.QueueFullError, error) {
 	limit := s.opts.DepthLimit()
 	full := make([]bool, len(p.Recipients))
 	err := parallel(ctx, len(p.Recipients), func(ctx context.Context, i int) error {
-		n, err := s.count(ctx, p.Recipients[i].Device, limit)
-		full[i] = n >= limit
-		return err
+		d := p.Recipients[i].Device
+		var n int64
+		if err := s.query(ctx, stmtCountRows, d.Account, int32(d.ID)).Scan(&n); err != nil {
+			return err
+		}
+		if n >= int64(limit) {
+			exact, err := s.count(ctx, d, limit)
+			if err != nil {
+				return err
+			}
+			full[i] = exact >= limit
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("check queue caps: %w", err)

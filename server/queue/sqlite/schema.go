@@ -14,10 +14,12 @@ import (
 // Times are Unix milliseconds (what the wire and Cassandra carry). Tables
 // keyed by text columns are WITHOUT ROWID so each row is one b-tree entry
 // instead of a row plus an index entry; the secondary indexes exist for the
-// two scans that must not read everything: Sweep (by expiry) and Oldest (by
-// time).
+// scans that must not read everything: Sweep (by expiry) and Oldest (by
+// time). Per-device depth is not stored: the writer counts a device's rows
+// (one range of the primary key) when it first needs them and keeps the
+// count in memory.
 var migrations = []string{
-	// 1: queues, shared payloads, idempotency records, per-device depth.
+	// 1: queues, shared payloads, idempotency records.
 	`
 CREATE TABLE queue (
 	account       TEXT    NOT NULL,
@@ -57,15 +59,6 @@ CREATE TABLE idempotency (
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX idempotency_time ON idempotency (server_time);
 
--- Messages per device, maintained with every insert and delete so the cap
--- check is one lookup instead of a count over up to MaxDepth rows. A row is
--- removed when its count reaches zero.
-CREATE TABLE depth (
-	account TEXT    NOT NULL,
-	device  INTEGER NOT NULL,
-	n       INTEGER NOT NULL,
-	PRIMARY KEY (account, device)
-) STRICT, WITHOUT ROWID;
 `,
 }
 

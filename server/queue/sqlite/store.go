@@ -18,10 +18,12 @@
 // its own result. The more concurrent senders, the larger the batches and
 // the fewer fsyncs per message; a lone sender still pays exactly one.
 //
-// Each op runs in its own SAVEPOINT, so an op that fails alone (a recipient
-// queue at its cap, a ServerID stored twice) is rolled back alone and the
-// rest of the batch commits. A failure of the transaction itself (disk full,
-// I/O error, the fsync) fails every op in the batch, and none is stored.
+// An op that is refused (a recipient queue at its cap, a duplicate) is
+// decided before it writes anything. An op that fails half-way on its own (a
+// ServerID stored twice) makes the writer roll the batch back and run it
+// again without that op, so one bad op never fails the others. A failure of
+// the transaction itself (disk full, I/O error, the fsync) fails every op in
+// the batch, and none is stored.
 // A caller whose context ends while it waits gets ctx.Err(); its op may or
 // may not have committed (a Put's retry with the same ClientID is safe). An
 // op whose context ended before its batch started is not applied.
@@ -38,9 +40,10 @@
 // device's own ciphertext inline or, for group sends, a reference to the
 // payloads table, where the shared ciphertext is stored once with a
 // reference count. idempotency maps (sender, sender device, client id) to
-// the original server id. depth counts each device's messages so the cap
-// check is one lookup. The schema is versioned (schema_version) and migrated
-// forward at Open.
+// the original server id. The writer keeps each recently used device's
+// message count in memory (counted from the table on first use), so the cap
+// check is a map lookup and costs no write. The schema is versioned
+// (schema_version) and migrated forward at Open.
 //
 // Files are created 0600 in a 0700 directory: they hold ciphertext and
 // metadata (who writes to whom, and when).
@@ -77,10 +80,13 @@ type Store struct {
 	rdb                               *sql.DB
 	fetchQ, depthQ, oldestQ, payloadQ *sql.Stmt
 
-	wc    *wconn
-	w     *writer
-	reqs  chan *op
-	stats stats
+	wc *wconn
+	w  *writer
+	cc *wconn // the checkpointer's connection
+
+	ckptKick, ckptStop, ckptDone chan struct{}
+	reqs                         chan *op
+	stats                        stats
 
 	mu         sync.RWMutex // guards closed against sends on reqs
 	closed     bool
@@ -129,33 +135,52 @@ func Open(path string, opts Options) (*Store, error) {
 		opts:       opts,
 		reqs:       make(chan *op, maxBatchOps),
 		writerDone: make(chan struct{}),
+		ckptKick:   make(chan struct{}, 1),
+		ckptStop:   make(chan struct{}),
+		ckptDone:   make(chan struct{}),
 	}
 	s.ops.New = func() any { return &op{done: make(chan struct{}, 1)} }
 
-	// The read pool is opened (lazily) first only to reach the registered
-	// driver; the writer connection must exist before any reader so that it
-	// sets up WAL and the schema.
-	s.rdb, err = sql.Open("sqlite", dsn(abs, readPragmas))
-	if err != nil {
-		return nil, fmt.Errorf("queue database %s: %w", abs, err)
+	if err := s.open(); err != nil {
+		s.closeConns()
+		return nil, err
 	}
-	dc, err := s.rdb.Driver().Open(dsn(abs, writePragmas))
+	go s.run()
+	go s.checkpointLoop()
+	return s, nil
+}
+
+// open opens the connections: the writer's first (it sets up WAL and the
+// schema), then the checkpointer's and the read pool.
+func (s *Store) open() error {
+	var err error
+	// The read pool is opened (lazily) first only to reach the registered
+	// driver.
+	s.rdb, err = sql.Open("sqlite", dsn(s.path, readPragmas))
 	if err != nil {
-		s.rdb.Close()
-		return nil, wrapErr("open "+abs, err)
+		return fmt.Errorf("queue database %s: %w", s.path, err)
+	}
+	dc, err := s.rdb.Driver().Open(dsn(s.path, writePragmas))
+	if err != nil {
+		return wrapErr("open "+s.path, err)
 	}
 	s.wc = &wconn{c: dc}
+	// page_size only takes effect on a new, empty database, before WAL mode
+	// is set; journal_mode=WAL is persistent once set.
+	if err := s.wc.execScript(fmt.Sprintf("PRAGMA page_size = %d; PRAGMA journal_mode = WAL", pageSize)); err != nil {
+		return wrapErr("open "+s.path, err)
+	}
 	if err := migrate(s.wc); err != nil {
-		s.wc.close()
-		s.rdb.Close()
-		return nil, wrapErr("migrate "+abs, err)
+		return wrapErr("migrate "+s.path, err)
 	}
-	s.w, err = newWriter(s.wc, opts.DepthLimit(), &s.stats)
+	if s.w, err = newWriter(s.wc, s.opts.DepthLimit(), &s.stats); err != nil {
+		return wrapErr("open "+s.path, err)
+	}
+	cc, err := s.rdb.Driver().Open(dsn(s.path, checkpointPragmas))
 	if err != nil {
-		s.wc.close()
-		s.rdb.Close()
-		return nil, wrapErr("open "+abs, err)
+		return wrapErr("open "+s.path, err)
 	}
+	s.cc = &wconn{c: cc}
 
 	n := max(4, runtime.GOMAXPROCS(0))
 	s.rdb.SetMaxOpenConns(n)
@@ -169,28 +194,79 @@ func Open(path string, opts Options) (*Store, error) {
 			FROM queue AS q LEFT JOIN payloads AS p ON p.id = q.payload_id
 			WHERE q.account = ?1 AND q.device = ?2 AND q.server_id > ?3 AND q.expires > ?4
 			ORDER BY q.server_id LIMIT ?5`},
-		{&s.depthQ, `SELECT n FROM depth WHERE account = ?1 AND device = ?2`},
+		{&s.depthQ, `SELECT count(*) FROM queue WHERE account = ?1 AND device = ?2`},
 		{&s.oldestQ, `SELECT min(server_time) FROM queue`},
 		{&s.payloadQ, `SELECT count(*) FROM payloads`},
 	} {
-		*p.s, err = s.rdb.Prepare(p.q)
-		if err != nil {
-			s.wc.close()
-			s.rdb.Close()
-			return nil, wrapErr("prepare", err)
+		if *p.s, err = s.rdb.Prepare(p.q); err != nil {
+			return wrapErr("prepare", err)
 		}
 	}
-	go s.run()
-	return s, nil
+	return nil
+}
+
+// closeConns closes whatever connections are open: readers and the
+// checkpointer first, so that the writer's connection is the last one and
+// SQLite checkpoints the WAL into the database file and removes it.
+func (s *Store) closeConns() error {
+	var errs []error
+	if s.rdb != nil {
+		errs = append(errs, s.rdb.Close())
+	}
+	if s.cc != nil {
+		errs = append(errs, s.cc.close())
+	}
+	if s.wc != nil {
+		errs = append(errs, s.wc.close())
+	}
+	return errors.Join(errs...)
+}
+
+// checkpointLoop copies committed WAL frames into the database file in the
+// background (a PASSIVE checkpoint runs beside the writer), so that the
+// writer's commits do not pay for it. The writer keeps SQLite's automatic
+// checkpoint at a higher mark only to restart the WAL from its beginning,
+// which needs the log fully copied at the moment its next transaction
+// starts; by then this loop has copied nearly everything.
+func (s *Store) checkpointLoop() {
+	defer close(s.ckptDone)
+	t := time.NewTimer(0)
+	<-t.C
+	for {
+		select {
+		case <-s.ckptStop:
+			return
+		case <-s.ckptKick:
+		}
+		// SQLITE_BUSY (the writer is checkpointing itself) and I/O errors
+		// are not fatal here: the writer's own checkpoint and its commits
+		// report what matters.
+		_ = s.cc.execScript(`PRAGMA wal_checkpoint(PASSIVE)`)
+		s.stats.checkpoints.Add(1)
+		// Pace: each checkpoint fsyncs the database file once.
+		t.Reset(checkpointEvery)
+		select {
+		case <-s.ckptStop:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 const (
+	// pageSize is SQLite's default; rows of a typical message (a few
+	// hundred bytes) fit in a page with room to spare.
+	pageSize = 4096
+	// checkpointEvery paces the background checkpoint.
+	checkpointEvery = 10 * time.Millisecond
+
 	// busy_timeout covers another process (a backup, the sqlite3 shell)
 	// holding a lock; the relay's own writes never contend.
-	writePragmas = "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
+	writePragmas = "_pragma=busy_timeout(10000)&_pragma=synchronous(FULL)" +
 		"&_pragma=foreign_keys(0)&_pragma=temp_store(MEMORY)&_pragma=cache_size(-32768)" +
-		"&_pragma=journal_size_limit(67108864)"
-	readPragmas = "_pragma=busy_timeout(10000)&_pragma=query_only(1)&_pragma=cache_size(-16384)"
+		"&_pragma=journal_size_limit(67108864)&_pragma=wal_autocheckpoint(4096)"
+	checkpointPragmas = "_pragma=busy_timeout(10000)&_pragma=synchronous(FULL)&_pragma=cache_size(-2048)"
+	readPragmas       = "_pragma=busy_timeout(10000)&_pragma=query_only(1)&_pragma=cache_size(-16384)"
 )
 
 func dsn(path, pragmas string) string {
@@ -228,6 +304,10 @@ func (s *Store) run() {
 			}
 		}
 		s.w.runBatch(batch)
+		select {
+		case s.ckptKick <- struct{}{}:
+		default:
+		}
 		for i, o := range batch {
 			o.done <- struct{}{}
 			batch[i] = nil
@@ -382,11 +462,7 @@ func (s *Store) Depth(ctx context.Context, d queue.Device) (int, error) {
 		return 0, err
 	}
 	var n int64
-	err := s.depthQ.QueryRowContext(ctx, d.Account, int64(d.ID)).Scan(&n)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, nil
-	}
-	if err != nil {
+	if err := s.depthQ.QueryRowContext(ctx, d.Account, int64(d.ID)).Scan(&n); err != nil {
 		return 0, s.readErr(ctx, "depth", err)
 	}
 	return int(n), nil
@@ -436,7 +512,8 @@ type Stats struct {
 	// Commits counts committed transactions; with synchronous=FULL each is
 	// one fsync of the WAL. Commits/(Puts+Acks) is the fsyncs per write.
 	Commits   uint64
-	Rollbacks uint64 // whole batches lost to a storage failure
+	Rollbacks uint64 // batches rolled back (then retried without a failed op, or failed)
+	Retries   uint64 // batches run again without an op that failed alone
 	Puts      uint64 // Puts applied, duplicates and refused ones included
 	Acks      uint64
 	Sweeps    uint64 // sweep chunks
@@ -447,6 +524,7 @@ func (s *Store) Stats() Stats {
 	return Stats{
 		Commits:   s.stats.commits.Load(),
 		Rollbacks: s.stats.rollbacks.Load(),
+		Retries:   s.stats.retries.Load(),
 		Puts:      s.stats.puts.Load(),
 		Acks:      s.stats.acks.Load(),
 		Sweeps:    s.stats.sweeps.Load(),
@@ -464,9 +542,9 @@ func (s *Store) Close() error {
 		close(s.reqs)
 		s.mu.Unlock()
 		<-s.writerDone
-		// Readers first, so that the writer's connection is the last one
-		// and SQLite checkpoints and removes the WAL.
-		s.closeErr = errors.Join(s.rdb.Close(), s.wc.close())
+		close(s.ckptStop)
+		<-s.ckptDone
+		s.closeErr = s.closeConns()
 	})
 	return s.closeErr
 }

@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -32,8 +33,22 @@ func opener() queuetest.Opener {
 			// Registered before the suite's Close, so it runs after it.
 			t.Cleanup(func() { checkFile(t, path, opts) })
 		}
-		return s
+		return checked{s, t}
 	}
+}
+
+// checked checks the live store (including the writer's in-memory counts)
+// before each Close.
+type checked struct {
+	*Store
+	t *testing.T
+}
+
+func (c checked) Close() error {
+	if err := c.Check(context.Background()); err != nil && !errors.Is(err, queue.ErrClosed) {
+		c.t.Errorf("before Close: %v", err)
+	}
+	return c.Store.Close()
 }
 
 // checkFile reopens a closed database and verifies its invariants.

@@ -3,20 +3,28 @@ package sqlite
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
+
+	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/hushchat/hush/server/queue"
 )
 
 // Batch bounds. A batch is one transaction and one WAL fsync; larger batches
-// amortise the fsync better but make every member wait for the slowest. The
-// cost of an op is roughly the rows it writes.
+// amortise the fsync and the pages it writes better but make every member
+// wait for the slowest. The cost of an op is roughly the rows it writes.
 const (
 	maxBatchOps  = 1024
 	maxBatchCost = 16384
 	sweepChunk   = 2000
+	// maxCachedDepths bounds the writer's memory of per-device counts;
+	// beyond it, counts are forgotten and recounted when next needed.
+	maxCachedDepths = 1 << 16
 )
 
 type opKind uint8
@@ -25,12 +33,13 @@ const (
 	opPut opKind = iota + 1
 	opAck
 	opSweep
+	opVerify
 )
 
-// op is one write request handed to the writer goroutine. The submitter owns
-// it until it is sent on Store.reqs, the writer until it signals done, then
-// the submitter again (unless the submitter gave up waiting, in which case
-// nobody touches it any more and the garbage collector takes it).
+// op is one request handed to the writer goroutine. The submitter owns it
+// until it is sent on Store.reqs, the writer until it signals done, then the
+// submitter again (unless the submitter gave up waiting, in which case nobody
+// touches it any more and the garbage collector takes it).
 type op struct {
 	kind  opKind
 	ctx   context.Context
@@ -45,7 +54,7 @@ type op struct {
 	n    int  // Ack: messages deleted; Sweep: messages removed
 	more bool // Sweep: a chunk was full, call again
 	err  error
-	skip bool // ctx ended before the batch started; not applied
+	skip bool // not applied: ctx ended before its batch, or it failed alone
 
 	done chan struct{} // buffered(1)
 }
@@ -56,8 +65,10 @@ func (o *op) cost() int {
 		return len(o.put.Recipients) + 1
 	case opAck:
 		return len(o.ids) + 1
-	default:
+	case opSweep:
 		return o.limit
+	default:
+		return maxBatchCost
 	}
 }
 
@@ -67,21 +78,30 @@ func (o *op) name() string {
 		return "put"
 	case opAck:
 		return "ack"
-	default:
+	case opSweep:
 		return "sweep"
+	default:
+		return "check"
 	}
 }
 
 // stats are the writer's counters (see Stats).
 type stats struct {
-	commits, rollbacks, puts, acks, sweeps atomic.Uint64
+	commits, rollbacks, retries, puts, acks, sweeps, checkpoints atomic.Uint64
 }
 
 // writer applies batches of ops on the single read-write connection. Only
 // the writer goroutine uses it.
+//
+// Per-device queue depths live in memory: depth holds the committed count of
+// recently used devices, counted from the queue table the first time a
+// device is needed; batch holds the counts as the current transaction
+// changes them and becomes depth when it commits. This keeps the cap check
+// of a Put to a lookup, and checking every recipient's cap before anything
+// is written means a refused Put never has to be undone.
 type writer struct {
 	c        *wconn
-	maxDepth int64
+	maxDepth int
 	stats    *stats
 	dest1    []driver.Value
 	dest2    []driver.Value
@@ -89,12 +109,12 @@ type writer struct {
 	pids     []int64
 	devs     map[queue.Device]int
 	unrefs   map[int64]int
+	depth    map[queue.Device]int // committed counts
+	batch    map[queue.Device]int // counts inside the open transaction
 
 	begin, commit, rollback              *wstmt
-	savepoint, release, rollbackTo       *wstmt
-	idemUpsert, idemGet                  *wstmt
-	depthInc, depthDrop, depthDec        *wstmt
-	queueInsert, queueDelete             *wstmt
+	idemUpsert, idemGet, idemDelete      *wstmt
+	queueInsert, queueDelete, queueCount *wstmt
 	payloadInsert, payloadDrop, payUnref *wstmt
 	sweepQueue, sweepPayloads, sweepIdem *wstmt
 }
@@ -102,14 +122,18 @@ type writer struct {
 func newWriter(c *wconn, maxDepth int, st *stats) (*writer, error) {
 	w := &writer{
 		c:        c,
-		maxDepth: int64(maxDepth),
+		maxDepth: maxDepth,
 		stats:    st,
 		dest1:    make([]driver.Value, 1),
 		dest2:    make([]driver.Value, 2),
 		dest3:    make([]driver.Value, 3),
 		devs:     make(map[queue.Device]int),
 		unrefs:   make(map[int64]int),
+		depth:    make(map[queue.Device]int),
+		batch:    make(map[queue.Device]int),
 	}
+	// Anonymous "?" parameters: the driver binds them by position without
+	// looking up a name per parameter.
 	for _, p := range []struct {
 		s **wstmt
 		q string
@@ -117,40 +141,33 @@ func newWriter(c *wconn, maxDepth int, st *stats) (*writer, error) {
 		{&w.begin, `BEGIN IMMEDIATE`},
 		{&w.commit, `COMMIT`},
 		{&w.rollback, `ROLLBACK`},
-		{&w.savepoint, `SAVEPOINT op`},
-		{&w.release, `RELEASE op`},
-		{&w.rollbackTo, `ROLLBACK TO op`},
 		// Insert the idempotency record, or take over one older than the
-		// window (?6 is the cutoff). No change means a live record: the Put
-		// is a retry.
+		// window (the last parameter is the cutoff). No change means a live
+		// record: the Put is a retry.
 		{&w.idemUpsert, `INSERT INTO idempotency (sender, sender_device, client_id, server_id, server_time)
-			VALUES (?1, ?2, ?3, ?4, ?5)
+			VALUES (?, ?, ?, ?, ?)
 			ON CONFLICT (sender, sender_device, client_id) DO UPDATE
 			SET server_id = excluded.server_id, server_time = excluded.server_time
-			WHERE idempotency.server_time <= ?6`},
+			WHERE idempotency.server_time <= ?`},
 		{&w.idemGet, `SELECT server_id, server_time FROM idempotency
-			WHERE sender = ?1 AND sender_device = ?2 AND client_id = ?3`},
-		// Count one more message for the device unless it is at the cap
-		// (?3): no change means the queue is full.
-		{&w.depthInc, `INSERT INTO depth (account, device, n) VALUES (?1, ?2, 1)
-			ON CONFLICT (account, device) DO UPDATE SET n = n + 1 WHERE n < ?3`},
-		// Removing ?3 messages: drop the row when that empties the queue
-		// (the common case: a device acks all it got), else decrement.
-		{&w.depthDrop, `DELETE FROM depth WHERE account = ?1 AND device = ?2 AND n <= ?3`},
-		{&w.depthDec, `UPDATE depth SET n = n - ?3 WHERE account = ?1 AND device = ?2`},
+			WHERE sender = ? AND sender_device = ? AND client_id = ?`},
+		{&w.idemDelete, `DELETE FROM idempotency WHERE sender = ? AND sender_device = ? AND client_id = ?`},
 		{&w.queueInsert, `INSERT INTO queue (account, device, server_id, sender, sender_device, type, payload, payload_id, server_time, expires)
-			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)`},
-		{&w.queueDelete, `DELETE FROM queue WHERE account = ?1 AND device = ?2 AND server_id = ?3 RETURNING payload_id`},
-		{&w.payloadInsert, `INSERT INTO payloads (id, bytes, refs, expires) VALUES (?1, ?2, ?3, ?4)`},
-		{&w.payloadDrop, `DELETE FROM payloads WHERE id = ?1 AND refs <= ?2`},
-		{&w.payUnref, `UPDATE payloads SET refs = refs - ?2 WHERE id = ?1`},
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
+		{&w.queueDelete, `DELETE FROM queue WHERE account = ? AND device = ? AND server_id = ? RETURNING payload_id`},
+		{&w.queueCount, `SELECT count(*) FROM queue WHERE account = ? AND device = ?`},
+		{&w.payloadInsert, `INSERT INTO payloads (id, bytes, refs, expires) VALUES (?, ?, ?, ?)`},
+		// Dropping k references: delete the payload when they are its
+		// last, else decrement.
+		{&w.payloadDrop, `DELETE FROM payloads WHERE id = ? AND refs <= ?`},
+		{&w.payUnref, `UPDATE payloads SET refs = refs - ? WHERE id = ?`},
 		{&w.sweepQueue, `DELETE FROM queue WHERE (account, device, server_id) IN
-			(SELECT account, device, server_id FROM queue WHERE expires <= ?1 ORDER BY expires LIMIT ?2)
+			(SELECT account, device, server_id FROM queue WHERE expires <= ? ORDER BY expires LIMIT ?)
 			RETURNING account, device, payload_id`},
 		{&w.sweepPayloads, `DELETE FROM payloads WHERE id IN
-			(SELECT id FROM payloads WHERE expires <= ?1 ORDER BY expires LIMIT ?2)`},
+			(SELECT id FROM payloads WHERE expires <= ? ORDER BY expires LIMIT ?)`},
 		{&w.sweepIdem, `DELETE FROM idempotency WHERE (sender, sender_device, client_id) IN
-			(SELECT sender, sender_device, client_id FROM idempotency WHERE server_time <= ?1 ORDER BY server_time LIMIT ?2)`},
+			(SELECT sender, sender_device, client_id FROM idempotency WHERE server_time <= ? ORDER BY server_time LIMIT ?)`},
 	} {
 		s, err := c.prepare(p.q)
 		if err != nil {
@@ -161,50 +178,85 @@ func newWriter(c *wconn, maxDepth int, st *stats) (*writer, error) {
 	return w, nil
 }
 
-// runBatch applies the batch in one transaction. Each op runs inside its own
-// savepoint, so an op that fails on its own (a full queue, a ServerID stored
-// twice) is undone alone and the others commit; only a failure of the
-// transaction itself (I/O error, disk full, the commit's fsync) fails them
-// all, and then nothing of the batch is stored.
+// runBatch applies the batch in one transaction with one commit.
+//
+// An op that is refused (full queue, duplicate) is decided before it writes
+// anything, so it needs no undo. An op that fails unexpectedly half-way (a
+// ServerID stored twice: a relay bug) leaves the transaction dirty: the
+// batch is rolled back and run again without it, so that one bad op never
+// fails the others. A failure of the storage itself (I/O error, disk full,
+// the commit's fsync) fails every op of the batch, and none is stored.
 func (w *writer) runBatch(batch []*op) {
-	live := 0
 	for _, o := range batch {
 		if err := o.ctx.Err(); err != nil {
 			// The caller has stopped waiting; not applying its op keeps
 			// the "may or may not be stored" window as small as possible.
 			o.err, o.skip = err, true
-			continue
 		}
-		live++
 	}
-	if live == 0 {
-		return
+	for {
+		bad, err := w.try(batch)
+		if err == nil {
+			w.stats.commits.Add(1)
+			w.keepDepths()
+			return
+		}
+		_, _ = w.rollback.exec() // fails harmlessly if SQLite already rolled back
+		clear(w.batch)
+		w.stats.rollbacks.Add(1)
+		if bad == nil || storageFailure(err) {
+			w.fail(batch, err)
+			return
+		}
+		bad.err, bad.skip = opError(bad, err), true
+		w.stats.retries.Add(1)
+	}
+}
+
+// try runs one attempt of the batch. On error it names the op that failed,
+// if one did, and leaves the transaction open for the caller to roll back.
+func (w *writer) try(batch []*op) (*op, error) {
+	live := false
+	for _, o := range batch {
+		if !o.skip {
+			live = true
+			break
+		}
+	}
+	if !live {
+		return nil, nil
 	}
 	if _, err := w.begin.exec(); err != nil {
-		w.fail(batch, err)
-		return
+		return nil, err
 	}
 	for _, o := range batch {
 		if o.skip {
 			continue
 		}
-		if err := w.apply(o); err != nil {
-			_, _ = w.rollback.exec() // fails harmlessly if SQLite already rolled back
-			w.stats.rollbacks.Add(1)
-			w.fail(batch, err)
-			return
+		o.res, o.n, o.more, o.err = queue.PutResult{}, 0, false, nil
+		var err error
+		switch o.kind {
+		case opPut:
+			err = w.put(o)
+			w.stats.puts.Add(1)
+		case opAck:
+			err = w.ack(o)
+			w.stats.acks.Add(1)
+		case opSweep:
+			err = w.sweep(o)
+			w.stats.sweeps.Add(1)
+		case opVerify:
+			o.err = w.verify()
+		}
+		if err != nil {
+			return o, err
 		}
 	}
-	if _, err := w.commit.exec(); err != nil {
-		_, _ = w.rollback.exec()
-		w.stats.rollbacks.Add(1)
-		w.fail(batch, err)
-		return
-	}
-	w.stats.commits.Add(1)
+	_, err := w.commit.exec()
+	return nil, err
 }
 
-// fail gives every applied op of a batch that was rolled back the cause.
+// fail gives every op of a batch that could not be stored the cause.
 func (w *writer) fail(batch []*op, cause error) {
 	for _, o := range batch {
 		if o.skip {
@@ -215,53 +267,69 @@ func (w *writer) fail(batch []*op, cause error) {
 	}
 }
 
-// apply runs one op in a savepoint. It returns an error only when the
-// transaction itself is broken; an error of the op alone is left in o.err.
-func (w *writer) apply(o *op) error {
-	if _, err := w.savepoint.exec(); err != nil {
-		return err
+// storageFailure reports errors of the database or the disk, as opposed to
+// errors of one op's data.
+func storageFailure(err error) bool {
+	switch sqliteCode(err) {
+	case sqlite3.SQLITE_CONSTRAINT, sqlite3.SQLITE_TOOBIG, sqlite3.SQLITE_MISMATCH, sqlite3.SQLITE_RANGE:
+		return false
+	case 0:
+		return false // not from SQLite: an op's own check
 	}
-	var err error
-	switch o.kind {
-	case opPut:
-		err = w.put(o)
-		w.stats.puts.Add(1)
-	case opAck:
-		err = w.ack(o)
-		w.stats.acks.Add(1)
-	case opSweep:
-		err = w.sweep(o)
-		w.stats.sweeps.Add(1)
-	}
-	if err != nil {
-		// Undo this op only. If SQLite has already rolled the whole
-		// transaction back (it does so on some I/O and memory errors),
-		// ROLLBACK TO fails and the batch is lost: report the op's cause.
-		if _, rerr := w.rollbackTo.exec(); rerr != nil {
-			return err
-		}
-		if _, rerr := w.release.exec(); rerr != nil {
-			return err
-		}
-		o.res, o.n, o.more = queue.PutResult{}, 0, false
-		o.err = opError(o, err)
-		return nil
-	}
-	if _, err := w.release.exec(); err != nil {
-		return err
-	}
-	return nil
+	return true
 }
 
-// opError shapes the error of an op that failed on its own.
+// opError shapes the error of an op that failed alone.
 func opError(o *op, err error) error {
-	if _, ok := err.(*queue.QueueFullError); ok {
-		return err
-	}
 	if o.kind == opPut && isConstraint(err) {
 		return fmt.Errorf("%w: server id %d is already stored for a recipient (%v)", queue.ErrInvalid, o.put.ServerID, err)
 	}
 	return wrapErr(o.name(), err)
+}
+
+// count returns d's queue depth as the open transaction sees it.
+func (w *writer) count(d queue.Device) (int, error) {
+	if n, ok := w.batch[d]; ok {
+		return n, nil
+	}
+	if n, ok := w.depth[d]; ok {
+		w.batch[d] = n
+		return n, nil
+	}
+	var n int64
+	err := w.queueCount.query(w.dest1, func(v []driver.Value) error {
+		n, _ = v[0].(int64)
+		return nil
+	}, d.Account, int64(d.ID))
+	if err != nil {
+		return 0, err
+	}
+	w.batch[d] = int(n)
+	return int(n), nil
+}
+
+// adjust changes d's count by delta if it is known; an unknown count is
+// recounted from the table when it is next needed.
+func (w *writer) adjust(d queue.Device, delta int) {
+	if n, ok := w.batch[d]; ok {
+		w.batch[d] = n + delta
+	} else if n, ok := w.depth[d]; ok {
+		w.batch[d] = n + delta
+	}
+}
+
+// keepDepths makes the committed transaction's counts the known ones.
+func (w *writer) keepDepths() {
+	for d, n := range w.batch {
+		w.depth[d] = n
+	}
+	clear(w.batch)
+	for d := range w.depth {
+		if len(w.depth) <= maxCachedDepths {
+			break
+		}
+		delete(w.depth, d) // map order is random: a random victim
+	}
 }
 
 func (w *writer) put(o *op) error {
@@ -276,37 +344,30 @@ func (w *writer) put(o *op) error {
 		return err
 	}
 	if n == 0 {
-		found := false
-		err := w.idemGet.query(w.dest2, func(d []driver.Value) error {
-			id, ok1 := d[0].(int64)
-			t, ok2 := d[1].(int64)
-			if !ok1 || !ok2 {
-				return fmt.Errorf("idempotency record holds %T, %T (database damaged)", d[0], d[1])
-			}
-			o.res = queue.PutResult{ServerID: uint64(id), Duplicate: true, ServerTime: fromMillis(t)}
-			found = true
-			return nil
-		}, sender, sdev, p.ClientID)
+		return w.duplicate(o)
+	}
+
+	// Every cap is checked before a message is written.
+	for i := range p.Recipients {
+		d := p.Recipients[i].Device
+		c, err := w.count(d)
 		if err != nil {
 			return err
 		}
-		if !found {
-			return fmt.Errorf("idempotency record of %s.%d vanished inside the transaction", sender, sdev)
+		if c >= w.maxDepth {
+			// Refused: take back the idempotency record, so that a retry
+			// once there is room is a fresh attempt.
+			if _, err := w.idemDelete.exec(sender, sdev, p.ClientID); err != nil {
+				return err
+			}
+			o.err = &queue.QueueFullError{Device: d, Limit: w.maxDepth}
+			return nil
 		}
-		return nil
 	}
 
 	refs := 0
 	for i := range p.Recipients {
 		r := &p.Recipients[i]
-		acct, dev := r.Device.Account, int64(r.Device.ID)
-		n, err := w.depthInc.exec(acct, dev, w.maxDepth)
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return &queue.QueueFullError{Device: r.Device, Limit: int(w.maxDepth)}
-		}
 		var payload, pid driver.Value
 		typ := int64(r.Type)
 		if len(r.Payload) > 0 {
@@ -315,7 +376,7 @@ func (w *writer) put(o *op) error {
 			pid, typ = sid, int64(p.SharedType)
 			refs++
 		}
-		if _, err := w.queueInsert.exec(acct, dev, sid, sender, sdev, typ, payload, pid, st, exp); err != nil {
+		if _, err := w.queueInsert.exec(r.Device.Account, int64(r.Device.ID), sid, sender, sdev, typ, payload, pid, st, exp); err != nil {
 			return err
 		}
 	}
@@ -324,7 +385,33 @@ func (w *writer) put(o *op) error {
 			return err
 		}
 	}
+	for i := range p.Recipients {
+		w.batch[p.Recipients[i].Device]++ // count() put every recipient in batch
+	}
 	o.res = queue.PutResult{ServerID: p.ServerID, ServerTime: fromMillis(st)}
+	return nil
+}
+
+// duplicate answers a Put whose idempotency record is live.
+func (w *writer) duplicate(o *op) error {
+	p := o.put
+	found := false
+	err := w.idemGet.query(w.dest2, func(d []driver.Value) error {
+		id, ok1 := d[0].(int64)
+		t, ok2 := d[1].(int64)
+		if !ok1 || !ok2 {
+			return fmt.Errorf("idempotency record holds %T, %T (database damaged)", d[0], d[1])
+		}
+		o.res = queue.PutResult{ServerID: uint64(id), Duplicate: true, ServerTime: fromMillis(t)}
+		found = true
+		return nil
+	}, p.Sender, int64(p.SenderDevice), p.ClientID)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("idempotency record of %s.%d vanished inside the transaction", p.Sender, p.SenderDevice)
+	}
 	return nil
 }
 
@@ -347,11 +434,7 @@ func (w *writer) ack(o *op) error {
 			return err
 		}
 	}
-	if deleted > 0 {
-		if err := w.dropDepth(acct, dev, deleted); err != nil {
-			return err
-		}
-	}
+	w.adjust(o.dev, -deleted)
 	for _, pid := range w.pids {
 		if err := w.unref(pid, 1); err != nil {
 			return err
@@ -361,23 +444,14 @@ func (w *writer) ack(o *op) error {
 	return nil
 }
 
-func (w *writer) dropDepth(acct string, dev int64, n int) error {
-	gone, err := w.depthDrop.exec(acct, dev, int64(n))
-	if err != nil || gone > 0 {
-		return err
-	}
-	_, err = w.depthDec.exec(acct, dev, int64(n))
-	return err
-}
-
-// unref drops k references to a shared payload and the payload with its
+// unref drops k references to a shared payload, and the payload with its
 // last one.
 func (w *writer) unref(pid int64, k int) error {
 	gone, err := w.payloadDrop.exec(pid, int64(k))
 	if err != nil || gone > 0 {
 		return err
 	}
-	_, err = w.payUnref.exec(pid, int64(k))
+	_, err = w.payUnref.exec(int64(k), pid)
 	return err
 }
 
@@ -410,9 +484,7 @@ func (w *writer) sweep(o *op) error {
 	removed := 0
 	for d, n := range w.devs {
 		removed += n
-		if err := w.dropDepth(d.Account, int64(d.ID), n); err != nil {
-			return err
-		}
+		w.adjust(d, -n)
 	}
 	for pid, k := range w.unrefs {
 		if err := w.unref(pid, k); err != nil {
@@ -433,6 +505,29 @@ func (w *writer) sweep(o *op) error {
 		return err
 	}
 	o.more = np == int64(o.limit) || ni == int64(o.limit)
+	return nil
+}
+
+// verify compares every count the writer relies on with the queue table.
+func (w *writer) verify() error {
+	var bad []string
+	for d, want := range w.depth {
+		var n int64
+		err := w.queueCount.query(w.dest1, func(v []driver.Value) error {
+			n, _ = v[0].(int64)
+			return nil
+		}, d.Account, int64(d.ID))
+		if err != nil {
+			return err
+		}
+		if int(n) != want {
+			bad = append(bad, fmt.Sprintf("%s: %d queued, writer counts %d", d, n, want))
+		}
+	}
+	if len(bad) > 0 {
+		sort.Strings(bad)
+		return errors.New("depth counts differ from the queue: " + strings.Join(bad, "; "))
+	}
 	return nil
 }
 
