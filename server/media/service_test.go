@@ -603,8 +603,10 @@ func TestRetentionSweep(t *testing.T) {
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- f.svc.Run(rctx) }()
-	for counter(t, f.reg, "hush_media_swept_objects_total", nil) < 2 {
-		time.Sleep(10 * time.Millisecond)
+	for deadline := time.Now().Add(time.Minute); counter(t, f.reg, "hush_media_swept_objects_total", nil) < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not sweep within a minute")
+		}
 	}
 	cancel()
 	if err := <-done; err != nil {
