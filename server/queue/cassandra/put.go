@@ -125,7 +125,26 @@ func (s *Store) Put(ctx context.Context, p queue.Put) (queue.PutResult, error) {
 		expiresAt:  millis(p.ExpiresAt),
 		writeTS:    s.writeTS(),
 	}
+	// The cap check does not depend on the claim: run both at once, and
+	// drop the count if the claim finds a duplicate (which must be
+	// answered even when a queue is full) or takes over a dead attempt
+	// (which already passed its check, and whose rows may be counted).
+	type capResult struct {
+		full *queue.QueueFullError
+		err  error
+	}
+	cctx, stopCount := context.WithCancel(ctx)
+	defer stopCount()
+	caps := make(chan capResult, 1)
+	go func() {
+		full, err := s.checkCaps(cctx, &p)
+		caps <- capResult{full, err}
+	}()
 	c, err := s.claim(ctx, k, mine)
+	if err != nil || !c.fresh {
+		stopCount()
+		<-caps
+	}
 	if err != nil {
 		return queue.PutResult{}, s.fail(ctx, "put", err)
 	}
@@ -133,15 +152,13 @@ func (s *Store) Put(ctx context.Context, p queue.Put) (queue.PutResult, error) {
 		return queue.PutResult{ServerID: uint64(c.id.serverID), Duplicate: true, ServerTime: c.id.serverTime}, nil
 	}
 	if c.fresh {
-		// A take-over skips the cap check: the dead attempt passed it,
-		// and its rows may already be there, counting against the cap.
-		full, err := s.checkCaps(ctx, &p)
-		if err != nil || full != nil {
+		cr := <-caps
+		if cr.err != nil || cr.full != nil {
 			s.release(ctx, k, c.owner)
-			if err != nil {
-				return queue.PutResult{}, s.fail(ctx, "put", err)
+			if cr.err != nil {
+				return queue.PutResult{}, s.fail(ctx, "put", cr.err)
 			}
-			return queue.PutResult{}, full
+			return queue.PutResult{}, cr.full
 		}
 	}
 	if err := ctx.Err(); err != nil {
