@@ -24,7 +24,7 @@ import (
 
 // Defaults of Options' zero fields.
 const (
-	DefaultRegistrationTTL = 45 * time.Second
+	DefaultRegistrationTTL = 2 * time.Minute
 	DefaultTimeout         = 500 * time.Millisecond
 	DefaultHealthInterval  = time.Second
 	DefaultPollInterval    = 5 * time.Second
@@ -56,10 +56,12 @@ type Options struct {
 	// for its previous life). [A-Za-z0-9._-], at most 64 characters.
 	Node string
 	// RegistrationTTL: a device's registration expires this long after its
-	// node last refreshed it (default 45 s). A crashed node's devices
-	// stop looking attached after at most this long — sooner, in fact:
-	// a bell published to a node nobody listens for reaches no
-	// subscriber, and Ring reports that device offline at once.
+	// node last refreshed it (default 2 min). It only matters for a node
+	// that vanished without cleaning up, and even then barely: a bell
+	// published to a node nobody listens for reaches no subscriber, Ring
+	// reports the device offline at once and deletes the registration.
+	// Refreshing costs Redis ~1 µs of CPU per device per RefreshInterval,
+	// which is why the TTL is long.
 	RegistrationTTL time.Duration
 	// RefreshInterval: how often registrations are refreshed (default
 	// RegistrationTTL/3).
@@ -423,6 +425,9 @@ func (r *Router) Ring(ctx context.Context, bells []routing.Bell) ([]bool, error)
 	}
 	octx, cancel := context.WithTimeout(ctx, r.o.Timeout)
 	defer cancel()
+	if len(bells) == 1 && !r.cluster {
+		return r.ringOne(ctx, octx, bells[0])
+	}
 	keys := make([]string, len(bells))
 	for i, b := range bells {
 		keys[i] = r.key(b.Device)
@@ -502,6 +507,57 @@ func (r *Router) Ring(ctx context.Context, bells []routing.Bell) ([]bool, error)
 		}
 	}
 	return attached, nil
+}
+
+// ringOneScript is Ring for a single bell in one round trip: look the
+// device up and publish to its node. KEYS[1] is the registration; ARGV:
+// node-channel prefix, this node, message. Answers {code, registration}:
+// 0 offline; 1 published to a listening node; 2 registered to this node
+// (not published: the caller rings its own handler); 3 published to
+// nobody (a dead node's registration).
+var ringOneScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if not v then return {0, ''} end
+local node = string.sub(v, 22)
+if node == ARGV[2] then return {2, v} end
+if redis.call('PUBLISH', ARGV[1] .. node, ARGV[3]) > 0 then return {1, v} end
+return {3, v}
+`)
+
+// ringOne rings one bell with ringOneScript. A single bell is the common
+// case (a 1-1 message to a device on another node), and the script halves
+// its round trips. It cannot run on a cluster, where the channel's slot is
+// not the key's.
+func (r *Router) ringOne(ctx, octx context.Context, b routing.Bell) ([]bool, error) {
+	batches, err := encodeBells([]routing.Bell{b})
+	if err != nil {
+		return nil, fmt.Errorf("ring: %w", err)
+	}
+	key := r.key(b.Device)
+	res, err := ringOneScript.Run(octx, r.c, []string{key}, r.o.Prefix+"node:", r.o.Node, batches[0].msg).Slice()
+	if err != nil || len(res) != 2 {
+		err = fmt.Errorf("ring %s: answer %v: %w", b.Device, res, err)
+		r.fail(ctx, err)
+		return nil, err
+	}
+	code, _ := res[0].(int64)
+	val, _ := res[1].(string)
+	switch code {
+	case 1:
+		r.n.published.Add(1)
+		return []bool{true}, nil
+	case 2:
+		if h := r.handler(); h != nil {
+			h.Ring(b)
+		}
+		return []bool{true}, nil
+	case 3:
+		select {
+		case r.stale <- []staleReg{{key, val}}:
+		default:
+		}
+	}
+	return []bool{false}, nil
 }
 
 // lookup returns the registration of each key ("" when absent).
@@ -803,12 +859,13 @@ func (r *Router) ringLocal(pick func(queue.Device) bool) {
 	r.n.polled.Add(uint64(len(devs)))
 }
 
-// refreshScript extends, re-creates or claims one registration.
+// refreshScript claims one registration for a session attached while Redis
+// was unreachable.
 //
-// ARGV: our value, TTL in ms, mode. Answers {code, current value}:
-// 1 extended; 2 re-created (Redis had lost it); 3 claimed from an older
-// session (mode "claim" only), whose value is returned; 0 superseded by
-// the returned value. Values start with the 20-digit session, so
+// ARGV: our value, TTL in ms, mode ("claim"). Answers {code, current
+// value}: 1 extended (already ours); 2 created (absent); 3 claimed from an
+// older session, whose value is returned; 0 superseded by the returned
+// (newer) value. Values start with the 20-digit session, so
 // comparing the first 20 bytes compares sessions (Snowflake ids: later
 // is larger, up to clock skew between relays).
 var refreshScript = redis.NewScript(`
@@ -878,27 +935,138 @@ func (r *Router) refreshAll(onlyUnconfirmed bool) error {
 	return nil
 }
 
+// refreshBatch refreshes up to refreshBatch registrations: confirmed ones
+// with plain commands, unconfirmed ones with refreshScript's claim.
 func (r *Router) refreshBatch(items []refreshItem) error {
 	ctx, cancel := context.WithTimeout(r.ctx, r.o.Timeout+time.Duration(len(items))*10*time.Microsecond)
 	defer cancel()
-	ttl := r.o.RegistrationTTL.Milliseconds()
-	cmds, err := evalPipelined(ctx, r.c, refreshScript, len(items), func(i int) ([]string, []any) {
-		mode := "keep"
-		if !items[i].reg.confirmed {
-			mode = "claim"
+	var keep, claim []refreshItem
+	for _, it := range items {
+		if it.reg.confirmed {
+			keep = append(keep, it)
+		} else {
+			claim = append(claim, it)
 		}
-		return []string{r.key(items[i].dev)}, []any{regValue(items[i].reg.session, r.o.Node), ttl, mode}
-	})
+	}
+	var out refreshOutcome
+	if len(keep) > 0 {
+		if err := r.refreshKeep(ctx, keep, &out); err != nil {
+			return err
+		}
+	}
+	if len(claim) > 0 {
+		if err := r.refreshClaim(ctx, claim, &out); err != nil {
+			return err
+		}
+	}
+	for node, ev := range out.evict {
+		if err := r.publish(ctx, node, encodeEvictions(ev)); err != nil {
+			r.log.Warn("eviction not published; the old node will notice at its next refresh", "err", err)
+		}
+	}
+	if len(out.ghosts) > 0 {
+		return r.deleteRegs(out.ghosts)
+	}
+	return nil
+}
+
+type refreshOutcome struct {
+	ghosts []staleReg
+	evict  map[string][]eviction
+}
+
+// registered notes that Redis holds the item's registration now. If the
+// session was detached meanwhile, the registration is a ghost to take back
+// out.
+func (r *Router) registered(it refreshItem, out *refreshOutcome) bool {
+	r.mu.Lock()
+	g, ok := r.local[it.dev]
+	still := ok && g.session == it.reg.session
+	if still {
+		g.confirmed = true
+		r.local[it.dev] = g
+	}
+	r.mu.Unlock()
+	if !still {
+		out.ghosts = append(out.ghosts, staleReg{r.key(it.dev), regValue(it.reg.session, r.o.Node)})
+	}
+	return still
+}
+
+// superseded drops a session whose registration now names another one.
+func (r *Router) superseded(it refreshItem) {
+	r.mu.Lock()
+	if g, ok := r.local[it.dev]; ok && g.session == it.reg.session {
+		delete(r.local, it.dev)
+	}
+	r.mu.Unlock()
+	r.evictLocal(it.dev, it.reg.session)
+}
+
+// refreshKeep is the steady-state refresh, in two pipelined round trips of
+// plain commands (a Lua call per device costs Redis several times more
+// CPU): read every key; extend ours (PEXPIRE: if another node overwrote
+// the key in between, extending its TTL is harmless); re-create missing
+// ones with SET NX (never clobbering a registration written in between);
+// and evict sessions whose key names another session — the eviction
+// message of that takeover may have been lost.
+func (r *Router) refreshKeep(ctx context.Context, items []refreshItem, out *refreshOutcome) error {
+	keys := make([]string, len(items))
+	for i, it := range items {
+		keys[i] = r.key(it.dev)
+	}
+	vals, err := r.lookup(ctx, keys)
 	if err != nil {
 		return fmt.Errorf("refresh %d registrations: %w", len(items), err)
 	}
-	var ghosts []staleReg
-	evict := make(map[string][]eviction)
+	pipe := r.c.Pipeline()
+	setnx := make(map[int]*redis.BoolCmd)
+	n := 0
+	for i, it := range items {
+		ours := regValue(it.reg.session, r.o.Node)
+		switch vals[i] {
+		case ours:
+			pipe.PExpire(ctx, keys[i], r.o.RegistrationTTL)
+			n++
+		case "":
+			setnx[i] = pipe.SetNX(ctx, keys[i], ours, r.o.RegistrationTTL)
+			n++
+		default:
+			r.superseded(it)
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("refresh %d registrations: %w", n, err)
+	}
+	for i, cmd := range setnx {
+		if cmd.Val() {
+			r.n.rereg.Add(1)
+			r.registered(items[i], out)
+		} else {
+			r.superseded(items[i]) // another session registered in between
+		}
+	}
+	return nil
+}
+
+// refreshClaim registers sessions attached while Redis was unreachable,
+// letting the newer session win a device that moved meanwhile.
+func (r *Router) refreshClaim(ctx context.Context, items []refreshItem, out *refreshOutcome) error {
+	ttl := r.o.RegistrationTTL.Milliseconds()
+	cmds, err := evalPipelined(ctx, r.c, refreshScript, len(items), func(i int) ([]string, []any) {
+		return []string{r.key(items[i].dev)}, []any{regValue(items[i].reg.session, r.o.Node), ttl, "claim"}
+	})
+	if err != nil {
+		return fmt.Errorf("claim %d registrations: %w", len(items), err)
+	}
 	for i, cmd := range cmds {
 		it := items[i]
 		res, err := cmd.Slice()
 		if err != nil || len(res) != 2 {
-			return fmt.Errorf("refresh %s: answer %v: %w", it.dev, res, err)
+			return fmt.Errorf("claim %s: answer %v: %w", it.dev, res, err)
 		}
 		code, _ := res[0].(int64)
 		cur, _ := res[1].(string)
@@ -907,47 +1075,24 @@ func (r *Router) refreshBatch(items []refreshItem) error {
 			if code == 2 {
 				r.n.rereg.Add(1)
 			}
-			r.mu.Lock()
-			g, ok := r.local[it.dev]
-			still := ok && g.session == it.reg.session
-			if still {
-				g.confirmed = true
-				r.local[it.dev] = g
-			}
-			r.mu.Unlock()
-			if !still {
-				// Detached while the script ran: take our registration back out.
-				ghosts = append(ghosts, staleReg{r.key(it.dev), regValue(it.reg.session, r.o.Node)})
+			if !r.registered(it, out) || code != 3 {
 				continue
 			}
-			if code == 3 {
-				if s, node, err := parseRegValue(cur); err == nil {
-					if node == r.o.Node {
-						r.evictLocal(it.dev, s)
-					} else {
-						evict[node] = append(evict[node], eviction{it.dev, s})
+			if s, node, err := parseRegValue(cur); err == nil {
+				if node == r.o.Node {
+					r.evictLocal(it.dev, s)
+				} else {
+					if out.evict == nil {
+						out.evict = make(map[string][]eviction)
 					}
+					out.evict[node] = append(out.evict[node], eviction{it.dev, s})
 				}
 			}
 		case 0:
-			r.mu.Lock()
-			g, ok := r.local[it.dev]
-			if ok && g.session == it.reg.session {
-				delete(r.local, it.dev)
-			}
-			r.mu.Unlock()
-			r.evictLocal(it.dev, it.reg.session)
+			r.superseded(it)
 		default:
-			return fmt.Errorf("refresh %s: unknown answer %d", it.dev, code)
+			return fmt.Errorf("claim %s: unknown answer %d", it.dev, code)
 		}
-	}
-	for node, ev := range evict {
-		if err := r.publish(ctx, node, encodeEvictions(ev)); err != nil {
-			r.log.Warn("eviction not published; the old node will notice at its next refresh", "err", err)
-		}
-	}
-	if len(ghosts) > 0 {
-		return r.deleteRegs(ghosts)
 	}
 	return nil
 }

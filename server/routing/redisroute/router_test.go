@@ -136,36 +136,42 @@ func TestRedisRefreshEvictsSupersededSession(t *testing.T) {
 }
 
 // A device registered to a node that no longer listens (it crashed) is
-// reported offline at once, and the stale registration is removed.
+// reported offline at once, and the stale registration is removed — on
+// both Ring paths (one bell: a script; several: lookup, then publish).
 func TestRedisDeadNodeIsOffline(t *testing.T) {
 	r := testenv.NeedRedis(t)
 	c := r.Client(t)
 	a := startRouter(t, c, fastOptions(r.Prefix, "a"))
 	ctx := context.Background()
 	ghost := regValue(7, "crashed")
-	if err := c.Set(ctx, a.key(bob1), ghost, time.Minute).Err(); err != nil {
-		t.Fatal(err)
-	}
-	got, err := a.Ring(ctx, []routing.Bell{{Device: bob1, ServerID: 1}})
-	if err != nil || got[0] {
-		t.Fatalf("Ring to a dead node's device = %v, %v; want offline", got, err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		n, err := c.Exists(ctx, a.key(bob1)).Result()
-		if err != nil {
+	for round, bells := range [][]routing.Bell{
+		{{Device: bob1, ServerID: 1}},
+		{{Device: bob1, ServerID: 2}, {Device: carol1, ServerID: 3}},
+	} {
+		if err := c.Set(ctx, a.key(bob1), ghost, time.Minute).Err(); err != nil {
 			t.Fatal(err)
 		}
-		if n == 0 {
-			break
+		got, err := a.Ring(ctx, bells)
+		if err != nil || slices.Contains(got, true) {
+			t.Fatalf("round %d: Ring to a dead node's device = %v, %v; want offline", round, got, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("stale registration never removed")
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			n, err := c.Exists(ctx, a.key(bob1)).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: stale registration never removed", round)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if s := a.Stats(); s.StaleDeleted != 1 {
-		t.Fatalf("StaleDeleted = %d, want 1", s.StaleDeleted)
+		if s := a.Stats(); s.StaleDeleted != uint64(round+1) {
+			t.Fatalf("round %d: StaleDeleted = %d", round, s.StaleDeleted)
+		}
 	}
 }
 
