@@ -492,7 +492,8 @@ func (s *Store) write(ctx context.Context, p *queue.Put, k idemKey, id identity)
 	expiryArgs := []any{id.expiresAt.UnixMilli() / time.Hour.Milliseconds(), int32(id.serverID % expiryShards),
 		id.expiresAt, id.serverID, accounts, devices, shared, idxTTL}
 	msgArgs := func(r *queue.Recipient, pending bool) []any {
-		typ, payload, isShared := r.Type, any(r.Payload), false
+		// Unset, not null: a null would write a tombstone cell.
+		var typ, payload, isShared any = r.Type, r.Payload, gocql.UnsetValue
 		if len(r.Payload) == 0 {
 			typ, payload, isShared = p.SharedType, gocql.UnsetValue, true
 		}

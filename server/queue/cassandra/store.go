@@ -20,7 +20,7 @@ import (
 const (
 	DefaultTimeout       = 10 * time.Second
 	DefaultMaxBatchBytes = 40 << 10
-	DefaultClaimTimeout  = 30 * time.Second
+	DefaultClaimTimeout  = 10 * time.Second
 )
 
 // Config configures Open and New.
@@ -57,7 +57,10 @@ type Config struct {
 	MaxBatchBytes int
 	// ClaimTimeout is how long an idempotency claim may stay pending
 	// before a retry of the same message takes it over (default
-	// DefaultClaimTimeout). It must exceed the longest a Put can take.
+	// DefaultClaimTimeout), and the longest a retry waits for a
+	// concurrent attempt of the same message before answering
+	// retryable. Taking over a live but slow attempt is safe (both write
+	// the same rows under the same timestamp), only wasted work.
 	ClaimTimeout time.Duration
 	// Options are the options common to all queue backends (cap, clock).
 	Options queue.Options
