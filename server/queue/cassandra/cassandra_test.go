@@ -472,6 +472,16 @@ func testLargestPuts(t *testing.T, c testenv.Cassandra) {
 			t.Fatalf("%s: max-size payload not stored whole", d)
 		}
 	}
+	// Many of them in one Fetch: read page by page, returned whole.
+	many := queue.Device{Account: pre + "many", ID: 1}
+	for range 24 {
+		if _, err := s.Put(ctx, put1(time.Now(), pre+"alice", big, many)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ms := mustFetch(t, s, many); len(ms) != 24 || !bytes.Equal(ms[23].Payload, big) {
+		t.Fatalf("fetched %d max-size messages in one call, want 24 whole", len(ms))
+	}
 	var all []queue.Device
 	for i := range queue.MaxRecipients {
 		all = append(all, queue.Device{Account: fmt.Sprintf("%sm%d", pre, i/4), ID: uint32(i%4 + 1)})

@@ -72,7 +72,9 @@ func (s *Store) Fetch(ctx context.Context, d queue.Device, afterServerID uint64,
 // fetchRows reads up to want rows after `after` and keeps the unexpired
 // ones; last is the id of the last row read, scanned how many were read.
 func (s *Store) fetchRows(ctx context.Context, d queue.Device, after int64, want int, now time.Time) (rows []row, last int64, scanned int, err error) {
-	iter := s.query(ctx, stmtFetch, d.Account, int32(d.ID), after, want).PageSize(want).Iter()
+	// Pages of at most 64 rows: a row can hold a 128 KiB payload, and one
+	// response frame must stay far below the protocol's frame limit.
+	iter := s.query(ctx, stmtFetch, d.Account, int32(d.ID), after, want).PageSize(min(want, 64)).Iter()
 	var (
 		r          row
 		id         int64
