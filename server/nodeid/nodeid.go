@@ -287,7 +287,7 @@ func (o *Options) setDefaults() error {
 }
 
 func leaseKey(prefix string, id int64) string { return fmt.Sprintf("%s{nodeid}:%d", prefix, id) }
-func epochKey(prefix string) string         { return prefix + "{nodeid}:epoch" }
+func epochKey(prefix string) string           { return prefix + "{nodeid}:epoch" }
 
 // Acquire leases a free node id from Redis and keeps renewing it until
 // Close. The returned lease may be warming (see the package doc); use Wait
