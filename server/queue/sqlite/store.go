@@ -223,11 +223,15 @@ func (s *Store) closeConns() error {
 }
 
 // checkpointLoop copies committed WAL frames into the database file in the
-// background (a PASSIVE checkpoint runs beside the writer), so that the
-// writer's commits do not pay for it. The writer keeps SQLite's automatic
-// checkpoint at a higher mark only to restart the WAL from its beginning,
-// which needs the log fully copied at the moment its next transaction
-// starts; by then this loop has copied nearly everything.
+// background, beside the writer, so that commits do not pay for it: SQLite
+// would otherwise checkpoint inside the commit that crosses its threshold,
+// stalling every sender of that batch for milliseconds. A PASSIVE checkpoint
+// never blocks the writer. The writer keeps SQLite's automatic checkpoint,
+// at 8,192 pages (32 MiB): by the time the log is that long this loop has
+// copied nearly all of it, so the writer's checkpoint is short, and it lets
+// the writer start the log from its beginning again (which needs the log
+// fully copied when its next transaction starts), keeping the WAL file
+// bounded.
 func (s *Store) checkpointLoop() {
 	defer close(s.ckptDone)
 	t := time.NewTimer(0)
@@ -238,12 +242,14 @@ func (s *Store) checkpointLoop() {
 			return
 		case <-s.ckptKick:
 		}
-		// SQLITE_BUSY (the writer is checkpointing itself) and I/O errors
-		// are not fatal here: the writer's own checkpoint and its commits
-		// report what matters.
+		// Errors are not fatal here: SQLITE_BUSY means the writer is
+		// checkpointing; an I/O error will fail the writer's next commit,
+		// which reports it to the callers.
 		_ = s.cc.execScript(`PRAGMA wal_checkpoint(PASSIVE)`)
 		s.stats.checkpoints.Add(1)
-		// Pace: each checkpoint fsyncs the database file once.
+		// Pace: each checkpoint fsyncs the database file once, and pages
+		// written again and again (index tails, hot leaves) are copied
+		// once per checkpoint.
 		t.Reset(checkpointEvery)
 		select {
 		case <-s.ckptStop:
@@ -258,13 +264,13 @@ const (
 	// hundred bytes) fit in a page with room to spare.
 	pageSize = 4096
 	// checkpointEvery paces the background checkpoint.
-	checkpointEvery = 10 * time.Millisecond
+	checkpointEvery = 25 * time.Millisecond
 
 	// busy_timeout covers another process (a backup, the sqlite3 shell)
 	// holding a lock; the relay's own writes never contend.
 	writePragmas = "_pragma=busy_timeout(10000)&_pragma=synchronous(FULL)" +
 		"&_pragma=foreign_keys(0)&_pragma=temp_store(MEMORY)&_pragma=cache_size(-32768)" +
-		"&_pragma=journal_size_limit(67108864)&_pragma=wal_autocheckpoint(4096)"
+		"&_pragma=journal_size_limit(67108864)&_pragma=wal_autocheckpoint(8192)"
 	checkpointPragmas = "_pragma=busy_timeout(10000)&_pragma=synchronous(FULL)&_pragma=cache_size(-2048)"
 	readPragmas       = "_pragma=busy_timeout(10000)&_pragma=query_only(1)&_pragma=cache_size(-16384)"
 )
