@@ -2,10 +2,9 @@ package sqlite
 
 import (
 	"context"
+	"database/sql/driver"
 	"errors"
 	"fmt"
-
-	"github.com/hushchat/hush/server/queue"
 )
 
 // Check verifies the database: SQLite's own structural check, and the
@@ -16,40 +15,28 @@ import (
 // reads everything, so it is an operator's and a test's tool, not a health
 // probe.
 func (s *Store) Check(ctx context.Context) error {
-	if s.isClosed.Load() {
-		return queue.ErrClosed
-	}
-	conn, err := s.rdb.Conn(ctx)
+	r, err := s.reader(ctx)
 	if err != nil {
-		return s.readErr(ctx, "check", err)
+		return err
 	}
-	defer conn.Close()
+	defer s.putReader(r)
 	// One read transaction, so the counts compare one snapshot.
-	tx, err := conn.BeginTx(ctx, nil)
-	if err != nil {
+	if err := r.c.execScript(`BEGIN`); err != nil {
 		return s.readErr(ctx, "check", err)
 	}
-	defer tx.Rollback()
+	defer r.c.execScript(`ROLLBACK`)
 
 	var problems []error
-	rows, err := tx.QueryContext(ctx, `PRAGMA quick_check`)
+	dest := make([]driver.Value, 1)
+	err = r.c.queryOnce(ctx, `PRAGMA quick_check`, dest, func(v []driver.Value) error {
+		if msg, _ := v[0].(string); msg != "ok" {
+			problems = append(problems, fmt.Errorf("sqlite: %v", v[0]))
+		}
+		return nil
+	})
 	if err != nil {
 		return s.readErr(ctx, "check", err)
 	}
-	for rows.Next() {
-		var msg string
-		if err := rows.Scan(&msg); err != nil {
-			rows.Close()
-			return s.readErr(ctx, "check", err)
-		}
-		if msg != "ok" {
-			problems = append(problems, fmt.Errorf("sqlite: %s", msg))
-		}
-	}
-	if err := rows.Close(); err != nil {
-		return s.readErr(ctx, "check", err)
-	}
-
 	for _, c := range []struct {
 		what, query string
 	}{
@@ -62,7 +49,11 @@ func (s *Store) Check(ctx context.Context) error {
 			SELECT count(*) FROM queue WHERE (payload IS NULL) = (payload_id IS NULL)`},
 	} {
 		var n int64
-		if err := tx.QueryRowContext(ctx, c.query).Scan(&n); err != nil {
+		err := r.c.queryOnce(ctx, c.query, dest, func(v []driver.Value) error {
+			n, _ = v[0].(int64)
+			return nil
+		})
+		if err != nil {
 			return s.readErr(ctx, "check", err)
 		}
 		if n != 0 {

@@ -13,34 +13,33 @@ import (
 	"github.com/hushchat/hush/server/queue"
 )
 
-// wconn is the writer's connection, used at the database/sql/driver level:
+// dconn is the writer's connection, used at the database/sql/driver level:
 // the writer goroutine owns it alone, so database/sql's pooling, locking and
 // per-call allocations would be pure overhead on the hottest path of the
 // relay. It is not safe for concurrent use.
-type wconn struct {
+type dconn struct {
 	c     driver.Conn
 	args  []driver.NamedValue
 	stmts []driver.Stmt
 }
 
-// wstmt is a statement prepared once on the writer connection and reused
-// for every batch.
-type wstmt struct {
-	c   *wconn
+// dstmt is a statement prepared once on its connection and reused.
+type dstmt struct {
+	c   *dconn
 	sql string
 	s   driver.Stmt
 }
 
-func (c *wconn) prepare(query string) (*wstmt, error) {
+func (c *dconn) prepare(query string) (*dstmt, error) {
 	s, err := c.c.(driver.ConnPrepareContext).PrepareContext(context.Background(), query)
 	if err != nil {
 		return nil, fmt.Errorf("prepare %q: %w", query, err)
 	}
 	c.stmts = append(c.stmts, s)
-	return &wstmt{c: c, sql: query, s: s}, nil
+	return &dstmt{c: c, sql: query, s: s}, nil
 }
 
-func (c *wconn) bind(args []driver.Value) []driver.NamedValue {
+func (c *dconn) bind(args []driver.Value) []driver.NamedValue {
 	c.args = c.args[:0]
 	for i, v := range args {
 		c.args = append(c.args, driver.NamedValue{Ordinal: i + 1, Value: v})
@@ -52,7 +51,7 @@ func (c *wconn) bind(args []driver.Value) []driver.NamedValue {
 // writer passes no cancellable context: a batch, once started, runs to its
 // commit or rollback, and the driver would otherwise start a watcher
 // goroutine per statement.
-func (s *wstmt) exec(args ...driver.Value) (int64, error) {
+func (s *dstmt) exec(args ...driver.Value) (int64, error) {
 	r, err := s.s.(driver.StmtExecContext).ExecContext(context.Background(), s.c.bind(args))
 	if err != nil {
 		return 0, err
@@ -62,8 +61,13 @@ func (s *wstmt) exec(args ...driver.Value) (int64, error) {
 
 // query runs the statement and calls row for each result row; dest is
 // reused between rows.
-func (s *wstmt) query(dest []driver.Value, row func([]driver.Value) error, args ...driver.Value) error {
-	rows, err := s.s.(driver.StmtQueryContext).QueryContext(context.Background(), s.c.bind(args))
+func (s *dstmt) query(dest []driver.Value, row func([]driver.Value) error, args ...driver.Value) error {
+	return s.queryContext(context.Background(), dest, row, args...)
+}
+
+// queryContext is query for a caller whose ctx may end the statement.
+func (s *dstmt) queryContext(ctx context.Context, dest []driver.Value, row func([]driver.Value) error, args ...driver.Value) error {
+	rows, err := s.s.(driver.StmtQueryContext).QueryContext(ctx, s.c.bind(args))
 	if err != nil {
 		return err
 	}
@@ -85,12 +89,23 @@ func (s *wstmt) query(dest []driver.Value, row func([]driver.Value) error, args 
 }
 
 // execScript runs SQL that may hold several statements (schema, pragmas).
-func (c *wconn) execScript(query string) error {
+func (c *dconn) execScript(query string) error {
 	_, err := c.c.(driver.ExecerContext).ExecContext(context.Background(), query, nil)
 	return err
 }
 
-func (c *wconn) close() error {
+// queryOnce prepares, runs and finalizes a statement (for rare queries).
+func (c *dconn) queryOnce(ctx context.Context, query string, dest []driver.Value, row func([]driver.Value) error, args ...driver.Value) error {
+	st, err := c.c.(driver.ConnPrepareContext).PrepareContext(ctx, query)
+	if err != nil {
+		return err
+	}
+	s := &dstmt{c: c, sql: query, s: st}
+	err = s.queryContext(ctx, dest, row, args...)
+	return errors.Join(err, st.Close())
+}
+
+func (c *dconn) close() error {
 	var errs []error
 	for _, s := range c.stmts {
 		errs = append(errs, s.Close())

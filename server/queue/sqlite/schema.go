@@ -64,7 +64,7 @@ CREATE INDEX idempotency_time ON idempotency (server_time);
 
 // migrate brings the database to the latest schema in one transaction. A
 // database written by a newer binary is refused rather than guessed at.
-func migrate(c *wconn) (err error) {
+func migrate(c *dconn) (err error) {
 	if err := c.execScript(`BEGIN IMMEDIATE`); err != nil {
 		return err
 	}
@@ -96,7 +96,7 @@ func migrate(c *wconn) (err error) {
 	return c.execScript(`COMMIT`)
 }
 
-func schemaVersion(c *wconn) (int, error) {
+func schemaVersion(c *dconn) (int, error) {
 	st, err := c.c.Prepare(`SELECT coalesce(max(version), 0) FROM schema_version`)
 	if err != nil {
 		return 0, err

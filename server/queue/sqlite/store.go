@@ -31,7 +31,8 @@
 // The writer uses its connection at the database/sql/driver level with
 // statements prepared once: it is the hottest path of the relay and has no
 // use for pooling. Reads (Fetch, Depth, Oldest) go through a separate pool
-// of read-only connections, which WAL lets run concurrently with the writer.
+// of read-only connections (also at the driver level), which WAL lets run
+// concurrently with the writer.
 //
 // # Schema
 //
@@ -51,7 +52,7 @@ package sqlite
 
 import (
 	"context"
-	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"net/url"
@@ -62,7 +63,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+	msqlite "modernc.org/sqlite"
 
 	"github.com/hushchat/hush/server/queue"
 )
@@ -77,12 +78,13 @@ type Store struct {
 	path string
 	opts queue.Options
 
-	rdb                               *sql.DB
-	fetchQ, depthQ, oldestQ, payloadQ *sql.Stmt
+	readers  chan *reader // the read pool; each reader has one owner at a time
+	nReaders int          // readers opened (Close collects them all)
+	closing  chan struct{}
 
-	wc *wconn
+	wc *dconn
 	w  *writer
-	cc *wconn // the checkpointer's connection
+	cc *dconn // the checkpointer's connection
 
 	ckptKick, ckptStop, ckptDone chan struct{}
 	reqs                         chan *op
@@ -138,6 +140,7 @@ func Open(path string, opts Options) (*Store, error) {
 		ckptKick:   make(chan struct{}, 1),
 		ckptStop:   make(chan struct{}),
 		ckptDone:   make(chan struct{}),
+		closing:    make(chan struct{}),
 	}
 	s.ops.New = func() any { return &op{done: make(chan struct{}, 1)} }
 
@@ -153,18 +156,12 @@ func Open(path string, opts Options) (*Store, error) {
 // open opens the connections: the writer's first (it sets up WAL and the
 // schema), then the checkpointer's and the read pool.
 func (s *Store) open() error {
-	var err error
-	// The read pool is opened (lazily) first only to reach the registered
-	// driver.
-	s.rdb, err = sql.Open("sqlite", dsn(s.path, readPragmas))
-	if err != nil {
-		return fmt.Errorf("queue database %s: %w", s.path, err)
-	}
-	dc, err := s.rdb.Driver().Open(dsn(s.path, writePragmas))
+	drv := &msqlite.Driver{} // a private driver: no hooks or functions registered by others
+	dc, err := drv.Open(dsn(s.path, writePragmas))
 	if err != nil {
 		return wrapErr("open "+s.path, err)
 	}
-	s.wc = &wconn{c: dc}
+	s.wc = &dconn{c: dc}
 	// page_size only takes effect on a new, empty database, before WAL mode
 	// is set; journal_mode=WAL is persistent once set.
 	if err := s.wc.execScript(fmt.Sprintf("PRAGMA page_size = %d; PRAGMA journal_mode = WAL", pageSize)); err != nil {
@@ -176,42 +173,85 @@ func (s *Store) open() error {
 	if s.w, err = newWriter(s.wc, s.opts.DepthLimit(), &s.stats); err != nil {
 		return wrapErr("open "+s.path, err)
 	}
-	cc, err := s.rdb.Driver().Open(dsn(s.path, checkpointPragmas))
+	cc, err := drv.Open(dsn(s.path, checkpointPragmas))
 	if err != nil {
 		return wrapErr("open "+s.path, err)
 	}
-	s.cc = &wconn{c: cc}
+	s.cc = &dconn{c: cc}
 
 	n := max(4, runtime.GOMAXPROCS(0))
-	s.rdb.SetMaxOpenConns(n)
-	s.rdb.SetMaxIdleConns(n)
-	s.rdb.SetConnMaxIdleTime(0)
-	for _, p := range []struct {
-		s **sql.Stmt
-		q string
-	}{
-		{&s.fetchQ, `SELECT q.server_id, q.sender, q.sender_device, q.type, q.server_time, coalesce(q.payload, p.bytes)
-			FROM queue AS q LEFT JOIN payloads AS p ON p.id = q.payload_id
-			WHERE q.account = ?1 AND q.device = ?2 AND q.server_id > ?3 AND q.expires > ?4
-			ORDER BY q.server_id LIMIT ?5`},
-		{&s.depthQ, `SELECT count(*) FROM queue WHERE account = ?1 AND device = ?2`},
-		{&s.oldestQ, `SELECT min(server_time) FROM queue`},
-		{&s.payloadQ, `SELECT count(*) FROM payloads`},
-	} {
-		if *p.s, err = s.rdb.Prepare(p.q); err != nil {
-			return wrapErr("prepare", err)
+	s.readers = make(chan *reader, n)
+	for i := 0; i < n; i++ {
+		r, err := openReader(drv, s.path)
+		if err != nil {
+			return wrapErr("open "+s.path, err)
 		}
+		s.readers <- r
+		s.nReaders++
 	}
 	return nil
 }
+
+// reader is one read-only connection of the pool with its statements.
+type reader struct {
+	c                              *dconn
+	fetch, depth, oldest, payloads *dstmt
+	dest1                          []driver.Value
+	dest6                          []driver.Value
+}
+
+func openReader(drv *msqlite.Driver, path string) (*reader, error) {
+	c, err := drv.Open(dsn(path, readPragmas))
+	if err != nil {
+		return nil, err
+	}
+	r := &reader{c: &dconn{c: c}, dest1: make([]driver.Value, 1), dest6: make([]driver.Value, 6)}
+	for _, p := range []struct {
+		s **dstmt
+		q string
+	}{
+		// Expired messages are skipped here; Sweep deletes them later.
+		{&r.fetch, `SELECT q.server_id, q.sender, q.sender_device, q.type, q.server_time, coalesce(q.payload, p.bytes)
+			FROM queue AS q LEFT JOIN payloads AS p ON p.id = q.payload_id
+			WHERE q.account = ? AND q.device = ? AND q.server_id > ? AND q.expires > ?
+			ORDER BY q.server_id LIMIT ?`},
+		{&r.depth, `SELECT count(*) FROM queue WHERE account = ? AND device = ?`},
+		{&r.oldest, `SELECT min(server_time) FROM queue`},
+		{&r.payloads, `SELECT count(*) FROM payloads`},
+	} {
+		if *p.s, err = r.c.prepare(p.q); err != nil {
+			r.c.close()
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// reader takes a connection from the read pool, waiting while all are busy.
+func (s *Store) reader(ctx context.Context) (*reader, error) {
+	if s.isClosed.Load() {
+		return nil, queue.ErrClosed
+	}
+	select {
+	case r := <-s.readers:
+		return r, nil
+	case <-s.closing:
+		return nil, queue.ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (s *Store) putReader(r *reader) { s.readers <- r }
 
 // closeConns closes whatever connections are open: readers and the
 // checkpointer first, so that the writer's connection is the last one and
 // SQLite checkpoints the WAL into the database file and removes it.
 func (s *Store) closeConns() error {
 	var errs []error
-	if s.rdb != nil {
-		errs = append(errs, s.rdb.Close())
+	for ; s.nReaders > 0; s.nReaders-- {
+		r := <-s.readers // waits for reads in flight
+		errs = append(errs, r.c.close())
 	}
 	if s.cc != nil {
 		errs = append(errs, s.cc.close())
@@ -421,84 +461,87 @@ func (s *Store) Sweep(ctx context.Context, now time.Time) (int, error) {
 
 // Fetch implements queue.Store.
 func (s *Store) Fetch(ctx context.Context, d queue.Device, afterServerID uint64, limit int) ([]queue.Message, error) {
-	if s.isClosed.Load() {
-		return nil, queue.ErrClosed
-	}
 	if err := queue.ValidateFetch(d, limit); err != nil {
 		return nil, err
 	}
 	if afterServerID >= queue.MaxServerID {
 		return nil, nil
 	}
-	now := s.opts.Now().UnixMilli()
-	rows, err := s.fetchQ.QueryContext(ctx, d.Account, int64(d.ID), int64(afterServerID), now, limit)
+	r, err := s.reader(ctx)
 	if err != nil {
-		return nil, s.readErr(ctx, "fetch", err)
+		return nil, err
 	}
-	defer rows.Close()
+	defer s.putReader(r)
+	now := s.opts.Now().UnixMilli()
 	var out []queue.Message
-	for rows.Next() {
-		var (
-			m      queue.Message
-			id, st int64
-			sdev   int64
-			typ    int64
-		)
-		if err := rows.Scan(&id, &m.Sender, &sdev, &typ, &st, &m.Payload); err != nil {
-			return nil, s.readErr(ctx, "fetch", err)
+	var bad error
+	err = r.fetch.queryContext(ctx, r.dest6, func(v []driver.Value) error {
+		id, ok1 := v[0].(int64)
+		sender, ok2 := v[1].(string)
+		sdev, ok3 := v[2].(int64)
+		typ, ok4 := v[3].(int64)
+		st, ok5 := v[4].(int64)
+		payload, ok6 := v[5].([]byte) // the driver's own copy: ours to keep
+		if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) || len(payload) == 0 {
+			bad = fmt.Errorf("queue fetch %s: message %v has a malformed row or no payload (database damaged)", d, v[0])
+			return bad
 		}
-		if m.Payload == nil {
-			return nil, fmt.Errorf("queue fetch %s: message %d has no payload (database damaged)", d, id)
-		}
-		m.ServerID, m.SenderDevice, m.Type, m.ServerTime = uint64(id), uint32(sdev), int32(typ), fromMillis(st)
-		out = append(out, m)
+		out = append(out, queue.Message{
+			ServerID: uint64(id), Sender: sender, SenderDevice: uint32(sdev),
+			Type: int32(typ), Payload: payload, ServerTime: fromMillis(st),
+		})
+		return nil
+	}, d.Account, int64(d.ID), int64(afterServerID), now, int64(limit))
+	if bad != nil {
+		return nil, bad
 	}
-	if err := rows.Err(); err != nil {
+	if err != nil {
 		return nil, s.readErr(ctx, "fetch", err)
 	}
 	return out, nil
 }
 
+// count runs a one-integer query on a reader.
+func (s *Store) count(ctx context.Context, op string, q func(*reader) *dstmt, args ...driver.Value) (int64, bool, error) {
+	r, err := s.reader(ctx)
+	if err != nil {
+		return 0, false, err
+	}
+	defer s.putReader(r)
+	var n int64
+	valid := false
+	err = q(r).queryContext(ctx, r.dest1, func(v []driver.Value) error {
+		n, valid = v[0].(int64)
+		return nil
+	}, args...)
+	if err != nil {
+		return 0, false, s.readErr(ctx, op, err)
+	}
+	return n, valid, nil
+}
+
 // Depth implements queue.Store.
 func (s *Store) Depth(ctx context.Context, d queue.Device) (int, error) {
-	if s.isClosed.Load() {
-		return 0, queue.ErrClosed
-	}
 	if err := d.Validate(); err != nil {
 		return 0, err
 	}
-	var n int64
-	if err := s.depthQ.QueryRowContext(ctx, d.Account, int64(d.ID)).Scan(&n); err != nil {
-		return 0, s.readErr(ctx, "depth", err)
-	}
-	return int(n), nil
+	n, _, err := s.count(ctx, "depth", func(r *reader) *dstmt { return r.depth }, d.Account, int64(d.ID))
+	return int(n), err
 }
 
 // Oldest implements queue.Store.
 func (s *Store) Oldest(ctx context.Context) (time.Time, error) {
-	if s.isClosed.Load() {
-		return time.Time{}, queue.ErrClosed
+	ms, ok, err := s.count(ctx, "oldest", func(r *reader) *dstmt { return r.oldest })
+	if err != nil || !ok {
+		return time.Time{}, err // min() of no rows is NULL: no message
 	}
-	var ms sql.NullInt64
-	if err := s.oldestQ.QueryRowContext(ctx).Scan(&ms); err != nil {
-		return time.Time{}, s.readErr(ctx, "oldest", err)
-	}
-	if !ms.Valid {
-		return time.Time{}, nil
-	}
-	return fromMillis(ms.Int64), nil
+	return fromMillis(ms), nil
 }
 
 // Payloads implements queue.PayloadCounter.
 func (s *Store) Payloads(ctx context.Context) (int, error) {
-	if s.isClosed.Load() {
-		return 0, queue.ErrClosed
-	}
-	var n int64
-	if err := s.payloadQ.QueryRowContext(ctx).Scan(&n); err != nil {
-		return 0, s.readErr(ctx, "payloads", err)
-	}
-	return int(n), nil
+	n, _, err := s.count(ctx, "payloads", func(r *reader) *dstmt { return r.payloads })
+	return int(n), err
 }
 
 // readErr maps a read failure: a cancelled caller gets ctx.Err(), a read
@@ -543,6 +586,7 @@ func (s *Store) Stats() Stats {
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.isClosed.Store(true)
+		close(s.closing)
 		s.mu.Lock()
 		s.closed = true
 		close(s.reqs)

@@ -100,7 +100,7 @@ type stats struct {
 // of a Put to a lookup, and checking every recipient's cap before anything
 // is written means a refused Put never has to be undone.
 type writer struct {
-	c        *wconn
+	c        *dconn
 	maxDepth int
 	stats    *stats
 	dest1    []driver.Value
@@ -112,14 +112,14 @@ type writer struct {
 	depth    map[queue.Device]int // committed counts
 	batch    map[queue.Device]int // counts inside the open transaction
 
-	begin, commit, rollback              *wstmt
-	idemUpsert, idemGet, idemDelete      *wstmt
-	queueInsert, queueDelete, queueCount *wstmt
-	payloadInsert, payloadDrop, payUnref *wstmt
-	sweepQueue, sweepPayloads, sweepIdem *wstmt
+	begin, commit, rollback              *dstmt
+	idemUpsert, idemGet, idemDelete      *dstmt
+	queueInsert, queueDelete, queueCount *dstmt
+	payloadInsert, payloadDrop, payUnref *dstmt
+	sweepQueue, sweepPayloads, sweepIdem *dstmt
 }
 
-func newWriter(c *wconn, maxDepth int, st *stats) (*writer, error) {
+func newWriter(c *dconn, maxDepth int, st *stats) (*writer, error) {
 	w := &writer{
 		c:        c,
 		maxDepth: maxDepth,
@@ -135,7 +135,7 @@ func newWriter(c *wconn, maxDepth int, st *stats) (*writer, error) {
 	// Anonymous "?" parameters: the driver binds them by position without
 	// looking up a name per parameter.
 	for _, p := range []struct {
-		s **wstmt
+		s **dstmt
 		q string
 	}{
 		{&w.begin, `BEGIN IMMEDIATE`},
