@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -111,6 +112,7 @@ func TestCassandra(t *testing.T) {
 		{"LargestPuts", testLargestPuts},
 		{"ClosedSessionIsRetryable", testClosedSession},
 		{"UnreachableClusterIsRetryable", testUnreachable},
+		{"ErrorMapping", testErrorMapping},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, c) })
 	}
@@ -332,7 +334,15 @@ func testTakeOver(t *testing.T, c testenv.Cassandra) {
 	retry := p
 	retry.ServerID = newID()
 	retry.ServerTime = clock.Now().Add(time.Second)
-	_, err := s.Put(ctx, retry)
+	// The caller's deadline ends the wait with ctx.Err().
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	_, err := s.Put(short, retry)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("retry with a short deadline while the claim is live: %v, want context.DeadlineExceeded", err)
+	}
+	// Without one, the wait ends after ClaimTimeout, retryable.
+	_, err = s.Put(ctx, retry)
 	if !queue.IsRetryable(err) {
 		t.Fatalf("retry while the claim is live: %v, want a retryable error", err)
 	}
@@ -681,6 +691,45 @@ func (px *proxy) stop() {
 		c.Close()
 	}
 	clear(px.conns)
+}
+
+// Driver errors map onto the queue package's: cluster trouble retryable,
+// a rejected request not, the caller's context as itself.
+func testErrorMapping(t *testing.T, c testenv.Cassandra) {
+	s := open(t, c, Config{})
+	ctx := context.Background()
+	bad := s.s.Query(`SELEC nothing FROM queue_messages`).WithContext(ctx).Exec()
+	if bad == nil {
+		t.Fatal("a malformed statement was accepted")
+	}
+	if err := s.fail(ctx, "test", bad); err == nil || queue.IsRetryable(err) {
+		t.Errorf("syntax error %v mapped to %v, want a non-retryable error", bad, err)
+	}
+	if !definitelyNotApplied(bad) {
+		t.Errorf("a rejected statement is not known as never applied")
+	}
+	for _, err := range []error{
+		&gocql.RequestErrUnavailable{}, &gocql.RequestErrWriteTimeout{}, &gocql.RequestErrReadTimeout{},
+		gocql.ErrNoConnections, gocql.ErrSessionClosed, gocql.ErrTimeoutNoResponse, gocql.ErrConnectionClosed,
+		fmt.Errorf("wrapped: %w", &net.OpError{Op: "read", Err: errors.New("connection reset")}),
+	} {
+		if got := s.fail(ctx, "test", err); !queue.IsRetryable(got) {
+			t.Errorf("%T %v mapped to %v, want retryable", err, err, got)
+		}
+	}
+	for err, want := range map[error]bool{
+		&gocql.RequestErrUnavailable{}: true, gocql.ErrNoConnections: true,
+		&gocql.RequestErrWriteTimeout{}: false, gocql.ErrTimeoutNoResponse: false, gocql.ErrConnectionClosed: false,
+	} {
+		if got := definitelyNotApplied(err); got != want {
+			t.Errorf("definitelyNotApplied(%T) = %v, want %v", err, got, want)
+		}
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := s.fail(cctx, "test", context.Canceled); !errors.Is(err, context.Canceled) || queue.IsRetryable(err) {
+		t.Errorf("cancelled context mapped to %v, want context.Canceled", err)
+	}
 }
 
 func TestOpenValidates(t *testing.T) {
