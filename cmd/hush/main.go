@@ -1,0 +1,30 @@
+// Command hush is the hush chat client: with no command it opens the
+// terminal UI; with a command (register, send, receive, listen, group…) it
+// does one thing and exits, printing results (JSON lines with --json) on
+// stdout for scripts and bots. docs/cli.md is the contract; the commands
+// live in cmd/hush/internal/cli, the chat logic in package client.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hushchat/hush/cmd/hush/internal/cli"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// With SIGPIPE caught, a write to a closed stdout fails with EPIPE
+	// instead of killing the process, so `hush listen --json | head -1`
+	// ends cleanly and the events not yet printed stay in the profile.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	code := cli.Main(ctx, os.Args[1:], cli.Env{
+		Stdin:  os.Stdin,
+		Stdout: os.Stdout,
+		Stderr: os.Stderr,
+	})
+	stop()
+	os.Exit(code)
+}
