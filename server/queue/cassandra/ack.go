@@ -84,7 +84,7 @@ func (s *Store) Ack(ctx context.Context, d queue.Device, serverIDs []uint64) (in
 	// References go after the messages: a crash in between leaves a
 	// payload nobody can fetch until its TTL, never a message whose
 	// payload is gone.
-	err := parallel(ctx, len(shared), func(ctx context.Context, i int) error {
+	err := parallel(ctx, len(shared), fanout, func(ctx context.Context, i int) error {
 		if err := s.query(ctx, stmtDeleteRef, shared[i], d.Account, int32(d.ID)).WithTimestamp(ts).Exec(); err != nil {
 			return err
 		}
@@ -148,7 +148,7 @@ func (s *Store) Sweep(ctx context.Context, now time.Time) (int, error) {
 	first, last := mark.UnixMilli()/hour, now.UnixMilli()/hour
 	var removed atomic.Int64
 	for b := first; b <= last; b++ {
-		err := parallel(ctx, expiryShards, func(ctx context.Context, shard int) error {
+		err := parallel(ctx, expiryShards, 4, func(ctx context.Context, shard int) error {
 			n, err := s.sweepPartition(ctx, b, int32(shard), mark, now)
 			removed.Add(int64(n))
 			return err
@@ -188,7 +188,7 @@ func (s *Store) sweepPartition(ctx context.Context, bucket int64, shard int32, m
 			return removed, fmt.Errorf("expiry index row %d: %d accounts, %d devices", p.id, len(p.accounts), len(p.devices))
 		}
 		var n atomic.Int64
-		err := parallel(ctx, len(p.accounts), func(ctx context.Context, i int) error {
+		err := parallel(ctx, len(p.accounts), fanout, func(ctx context.Context, i int) error {
 			var exp time.Time
 			err := s.query(ctx, stmtExpiresAt, p.accounts[i], p.devices[i], p.id).Scan(&exp)
 			if errors.Is(err, gocql.ErrNotFound) {

@@ -367,7 +367,7 @@ func (s *Store) release(ctx context.Context, k idemKey, owner gocql.UUID) {
 func (s *Store) checkCaps(ctx context.Context, p *queue.Put) (*queue.QueueFullError, error) {
 	limit := s.opts.DepthLimit()
 	full := make([]bool, len(p.Recipients))
-	err := parallel(ctx, len(p.Recipients), func(ctx context.Context, i int) error {
+	err := parallel(ctx, len(p.Recipients), fanout, func(ctx context.Context, i int) error {
 		d := p.Recipients[i].Device
 		var n int64
 		if err := s.query(ctx, stmtCountRows, d.Account, int32(d.ID)).Scan(&n); err != nil {
@@ -534,7 +534,7 @@ func (s *Store) write(ctx context.Context, p *queue.Put, k idemKey, id identity)
 	// exempt from the batch size limit), then the rows marked pending —
 	// and one small logged batch of commit record + done record makes the
 	// whole Put visible at once.
-	err = parallel(ctx, 2, func(ctx context.Context, i int) error {
+	err = parallel(ctx, 2, fanout, func(ctx context.Context, i int) error {
 		if i == 0 {
 			return s.query(ctx, stmtInsertExpiry, expiryArgs...).WithTimestamp(id.writeTS).Exec()
 		}
@@ -551,7 +551,7 @@ func (s *Store) write(ctx context.Context, p *queue.Put, k idemKey, id identity)
 		return s.s.ExecuteBatch(b)
 	})
 	if err == nil {
-		err = parallel(ctx, len(p.Recipients), func(ctx context.Context, i int) error {
+		err = parallel(ctx, len(p.Recipients), fanout, func(ctx context.Context, i int) error {
 			return s.query(ctx, stmtInsertMsg, msgArgs(&p.Recipients[i], true)...).WithTimestamp(id.writeTS).Exec()
 		})
 	}
@@ -568,9 +568,9 @@ func (s *Store) write(ctx context.Context, p *queue.Put, k idemKey, id identity)
 	return false, nil
 }
 
-// parallel runs fn(0..n-1) with at most fanout in flight and returns the
+// parallel runs fn(0..n-1) with at most limit in flight and returns the
 // first error; the others are cancelled.
-func parallel(ctx context.Context, n int, fn func(ctx context.Context, i int) error) error {
+func parallel(ctx context.Context, n, limit int, fn func(ctx context.Context, i int) error) error {
 	if n == 1 {
 		return fn(ctx, 0)
 	}
@@ -580,7 +580,7 @@ func parallel(ctx context.Context, n int, fn func(ctx context.Context, i int) er
 		wg    sync.WaitGroup
 		once  sync.Once
 		first error
-		sem   = make(chan struct{}, fanout)
+		sem   = make(chan struct{}, limit)
 	)
 loop:
 	for i := range n {

@@ -120,7 +120,7 @@ func (s *Store) resolve(ctx context.Context, rows []row) ([]queue.Message, error
 	}
 	if len(todo) > 0 {
 		var mu sync.Mutex
-		err := parallel(ctx, len(todo), func(ctx context.Context, j int) error {
+		err := parallel(ctx, len(todo), fanout, func(ctx context.Context, j int) error {
 			r := &rows[todo[j]]
 			if r.pending {
 				ok, err := s.committed(ctx, int64(r.msg.ServerID))
