@@ -54,6 +54,8 @@ func (m *Model) onKey(msg tea.KeyPressMsg) tea.Cmd {
 		return m.openSearch(m.chat.conv)
 	case k.Is(msg, ActNextUnread):
 		return m.nextUnread()
+	case k.Is(msg, ActMute):
+		return m.toggleMute()
 	case k.Is(msg, ActScrollUp):
 		return m.scrollChat(3)
 	case k.Is(msg, ActScrollDown):
@@ -81,8 +83,6 @@ func (m *Model) convAction(msg tea.KeyPressMsg) tea.Cmd {
 	switch {
 	case k.Is(msg, ActCompose):
 		return m.setFocus(paneInput)
-	case k.Is(msg, ActMute):
-		return m.toggleMute()
 	case k.Is(msg, ActSafety):
 		return m.openSafety("")
 	case k.Is(msg, ActAccept):

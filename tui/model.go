@@ -379,11 +379,11 @@ func (m *Model) setFocus(p pane) tea.Cmd {
 		return m.input.Focus()
 	}
 	m.input.Blur()
-	if prev == paneInput && p != paneInput {
-		return m.stopTyping()
-	}
 	if p == paneChat && m.chat.selKey == "" && len(m.chat.msgs) > 0 {
 		m.chat.selKey = msgKey(&m.chat.msgs[len(m.chat.msgs)-1])
+	}
+	if prev == paneInput {
+		return m.stopTyping()
 	}
 	return nil
 }

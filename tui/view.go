@@ -133,7 +133,7 @@ func (m *Model) listView(w, h int) []string {
 					who = "you"
 				}
 				preview = who + ": " + preview
-			} else if c.Last.Outgoing {
+			} else if c.Last.Outgoing && c.Last.Kind != client.KindGroupUpdate {
 				preview = "you: " + preview
 			}
 		} else if c.ID == m.chat.conv {
