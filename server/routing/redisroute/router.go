@@ -2,6 +2,8 @@ package redisroute
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -12,9 +14,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"crypto/rand"
-	"encoding/hex"
 
 	"github.com/redis/go-redis/v9"
 
