@@ -186,7 +186,10 @@ type Store interface {
 	Depth(ctx context.Context, d Device) (int, error)
 	// Oldest returns the ServerTime of the oldest message across all queues
 	// (zero time if none) — for the hush_queue_oldest_unacked_seconds
-	// metric. Like Depth it includes expired messages not yet swept.
+	// metric, read about once a minute. Like Depth it includes expired
+	// messages not yet swept. Backends may compute it from each queue's
+	// head (its lowest ServerID), which is its oldest message as long as a
+	// queue's ServerIDs and ServerTimes agree in order.
 	Oldest(ctx context.Context) (time.Time, error)
 	// Sweep deletes messages expired at now, shared payloads without
 	// references, and idempotency records older than IdempotencyWindow;

@@ -137,7 +137,7 @@ func parallel(b *testing.B, s *Store, conc int, perOp int, fn func(worker int, i
 // BenchmarkPut: 1-recipient Puts of a 200-byte payload from conc concurrent
 // senders (the relay runs one Put per inbound Send, concurrently).
 func BenchmarkPut(b *testing.B) {
-	for _, conc := range []int{1, 16, 64} {
+	for _, conc := range []int{1, 16, 64, 256} {
 		b.Run(fmt.Sprintf("conc=%d", conc), func(b *testing.B) {
 			s := benchStore(b)
 			ctx := context.Background()
@@ -154,7 +154,7 @@ func BenchmarkPut(b *testing.B) {
 // BenchmarkCycle: the full life of a message — Put, Fetch, Ack — with conc
 // device pairs at once.
 func BenchmarkCycle(b *testing.B) {
-	for _, conc := range []int{1, 16, 64} {
+	for _, conc := range []int{1, 16, 64, 256} {
 		b.Run(fmt.Sprintf("conc=%d", conc), func(b *testing.B) {
 			s := benchStore(b)
 			ctx := context.Background()

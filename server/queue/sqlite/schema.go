@@ -14,8 +14,7 @@ import (
 // Times are Unix milliseconds (what the wire and Cassandra carry). Tables
 // keyed by text columns are WITHOUT ROWID so each row is one b-tree entry
 // instead of a row plus an index entry; the secondary indexes exist for the
-// scans that must not read everything: Sweep (by expiry) and Oldest (by
-// time). Per-device depth is not stored: the writer counts a device's rows
+// scans that must not read everything: Sweep (by expiry). Per-device depth is not stored: the writer counts a device's rows
 // (one range of the primary key) when it first needs them and keeps the
 // count in memory.
 var migrations = []string{
@@ -60,6 +59,9 @@ CREATE TABLE idempotency (
 CREATE INDEX idempotency_time ON idempotency (server_time);
 
 `,
+	// 2: Oldest reads the head of each device's queue instead of a global
+	// time index, which cost an index insert and delete per message.
+	`DROP INDEX IF EXISTS queue_time;`,
 }
 
 // migrate brings the database to the latest schema in one transaction. A

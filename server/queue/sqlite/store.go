@@ -197,6 +197,7 @@ type reader struct {
 	c                              *dconn
 	fetch, depth, oldest, payloads *dstmt
 	dest1                          []driver.Value
+	dest3                          []driver.Value
 	dest6                          []driver.Value
 }
 
@@ -205,7 +206,7 @@ func openReader(drv *msqlite.Driver, path string) (*reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &reader{c: &dconn{c: c}, dest1: make([]driver.Value, 1), dest6: make([]driver.Value, 6)}
+	r := &reader{c: &dconn{c: c}, dest1: make([]driver.Value, 1), dest3: make([]driver.Value, 3), dest6: make([]driver.Value, 6)}
 	for _, p := range []struct {
 		s **dstmt
 		q string
@@ -216,7 +217,9 @@ func openReader(drv *msqlite.Driver, path string) (*reader, error) {
 			WHERE q.account = ? AND q.device = ? AND q.server_id > ? AND q.expires > ?
 			ORDER BY q.server_id LIMIT ?`},
 		{&r.depth, `SELECT count(*) FROM queue WHERE account = ? AND device = ?`},
-		{&r.oldest, `SELECT min(server_time) FROM queue`},
+		// The next queue head after (account, device): one seek per device.
+		{&r.oldest, `SELECT account, device, server_time FROM queue
+			WHERE (account, device) > (?, ?) ORDER BY account, device, server_id LIMIT 1`},
 		{&r.payloads, `SELECT count(*) FROM payloads`},
 	} {
 		if *p.s, err = r.c.prepare(p.q); err != nil {
@@ -529,13 +532,51 @@ func (s *Store) Depth(ctx context.Context, d queue.Device) (int, error) {
 	return int(n), err
 }
 
-// Oldest implements queue.Store.
+// Oldest implements queue.Store. It visits the head (lowest ServerID) of
+// every non-empty queue, one index seek each — a query the relay makes once
+// a minute, instead of a global time index that would cost every Put and
+// Ack an extra index write. Within one relay's queues ServerID order is
+// time order, so the oldest head is the oldest message.
 func (s *Store) Oldest(ctx context.Context) (time.Time, error) {
-	ms, ok, err := s.count(ctx, "oldest", func(r *reader) *dstmt { return r.oldest })
-	if err != nil || !ok {
-		return time.Time{}, err // min() of no rows is NULL: no message
+	r, err := s.reader(ctx)
+	if err != nil {
+		return time.Time{}, err
 	}
-	return fromMillis(ms), nil
+	defer s.putReader(r)
+	var oldest int64
+	found := false
+	acct, dev := "", int64(-1) // before every device
+	for {
+		if err := ctx.Err(); err != nil {
+			return time.Time{}, err
+		}
+		more := false
+		// Each seek is short; ctx is checked between them, which spares
+		// the driver a watcher goroutine per statement.
+		err := r.oldest.query(r.dest3, func(v []driver.Value) error {
+			a, ok1 := v[0].(string)
+			d, ok2 := v[1].(int64)
+			st, ok3 := v[2].(int64)
+			if !(ok1 && ok2 && ok3) {
+				return fmt.Errorf("queue row holds %T, %T, %T (database damaged)", v[0], v[1], v[2])
+			}
+			acct, dev, more = a, d, true
+			if !found || st < oldest {
+				oldest, found = st, true
+			}
+			return nil
+		}, acct, dev)
+		if err != nil {
+			return time.Time{}, s.readErr(ctx, "oldest", err)
+		}
+		if !more {
+			break
+		}
+	}
+	if !found {
+		return time.Time{}, nil
+	}
+	return fromMillis(oldest), nil
 }
 
 // Payloads implements queue.PayloadCounter.
