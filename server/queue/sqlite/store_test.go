@@ -372,3 +372,41 @@ func TestSweepCountsExactly(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A database written by an older binary is migrated forward at Open, its
+// messages intact.
+func TestMigratesOlderSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "queue.db")
+	s := openTest(t, path, Options{})
+	ctx := context.Background()
+	if _, err := s.Put(ctx, testPut(1, []byte("kept"), bob)); err != nil {
+		t.Fatal(err)
+	}
+	// Make it a version-1 database again: the index migration 2 drops.
+	if err := s.wc.execScript(`CREATE INDEX queue_time ON queue (server_time); UPDATE schema_version SET version = 1`); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = openTest(t, path, Options{})
+	var version int64
+	var indexes []string
+	if err := s.wc.queryOnce(ctx, `SELECT version FROM schema_version`, make([]driver.Value, 1), func(v []driver.Value) error {
+		version, _ = v[0].(int64)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.wc.queryOnce(ctx, `SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'queue' AND name NOT LIKE 'sqlite_%' ORDER BY name`, make([]driver.Value, 1), func(v []driver.Value) error {
+		indexes = append(indexes, fmt.Sprint(v[0]))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if version != int64(len(migrations)) || fmt.Sprint(indexes) != "[queue_expires]" {
+		t.Fatalf("after migration: version %d, queue indexes %v; want %d, [queue_expires]", version, indexes, len(migrations))
+	}
+	if ms, err := s.Fetch(ctx, bob, 0, 10); err != nil || len(ms) != 1 || string(ms[0].Payload) != "kept" {
+		t.Fatalf("message after migration: %v, %v", ms, err)
+	}
+}
