@@ -445,14 +445,16 @@ func (m *Model) renderMessage(i, w int, selected bool) []string {
 		}
 		return out
 	}
-	if q := msg.Quote; q != nil {
-		out = append(out, fit(gutter+indent+m.st.dim.Render("┃ "+q.Author+": "+oneLine(q.Text)), w))
-	}
 	nameStyle := m.st.peer
 	if msg.Outgoing || msg.Sender == m.me {
 		nameStyle = m.st.own
 	}
 	head := msg.Sender + ": "
+	if q := msg.Quote; q != nil {
+		// A reply: the sender and the quoted line, then the text below.
+		out = append(out, fit(gutter+stamp+" "+nameStyle.Render(msg.Sender)+": "+m.st.dim.Render("┃ "+q.Author+": "+oneLine(q.Text)), w))
+		stamp, head = indent[:5], ""
+	}
 	var body string
 	bodyStyle := m.st.text
 	switch msg.Kind {
@@ -477,7 +479,9 @@ func (m *Model) renderMessage(i, w int, selected bool) []string {
 		if j > 0 {
 			p = indent
 		}
-		if j == 0 && strings.HasPrefix(l, head) {
+		if head == "" {
+			l = bodyStyle.Render(l)
+		} else if j == 0 && strings.HasPrefix(l, head) {
 			l = nameStyle.Render(msg.Sender) + ": " + bodyStyle.Render(strings.TrimPrefix(l, head))
 		} else if j == 0 && strings.HasPrefix(head, l) {
 			l = nameStyle.Render(l)
