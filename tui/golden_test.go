@@ -66,7 +66,9 @@ func goldenWorld(t *testing.T) (a, b *driver) {
 	b.keys("esc", "k")
 	b.keys("r")
 	b.say("yes, reading it now. it is a long report, so this line wraps around in a narrow window")
-	a.until("bob's reply", func() bool { return a.findMsg("yes, reading it now. it is a long report, so this line wraps around in a narrow window") != nil })
+	a.until("bob's reply", func() bool {
+		return a.findMsg("yes, reading it now. it is a long report, so this line wraps around in a narrow window") != nil
+	})
 	a.say("great, thanks")
 	b.until("bob sees it", func() bool { return b.findMsg("great, thanks") != nil })
 	a.until("read", func() bool { return a.findMsg("great, thanks").Status == client.StatusRead })
