@@ -1,5 +1,5 @@
 // Command hush is the hush chat client: with no command it opens the
-// terminal UI; with a command (register, send, receive, listen, group…) it
+// terminal UI (package tui); with a command (register, send, receive, listen, group…) it
 // does one thing and exits, printing results (JSON lines with --json) on
 // stdout for scripts and bots. docs/cli.md is the contract; the commands
 // live in cmd/hush/internal/cli, the chat logic in package client.
@@ -11,7 +11,9 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/hushchat/hush/client"
 	"github.com/hushchat/hush/cmd/hush/internal/cli"
+	"github.com/hushchat/hush/tui"
 )
 
 func main() {
@@ -24,7 +26,13 @@ func main() {
 		Stdin:  os.Stdin,
 		Stdout: os.Stdout,
 		Stderr: os.Stderr,
+		TUI:    runTUI,
 	})
 	stop()
 	os.Exit(code)
+}
+
+// runTUI is `hush` with no command: the terminal UI.
+func runTUI(ctx context.Context, c *client.Client, o cli.TUIOptions) error {
+	return tui.Run(ctx, c, tui.Options{Home: o.Home, ConfigPath: o.ConfigPath, ServerURL: o.ServerURL})
 }

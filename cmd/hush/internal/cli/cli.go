@@ -33,6 +33,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/hushchat/hush/client"
@@ -69,12 +70,23 @@ type Env struct {
 	Stderr io.Writer
 	// Getenv reads the environment (nil: os.Getenv).
 	Getenv func(string) string
-	// TUI runs the terminal UI on an open client; nil when the terminal
-	// UI is not built into this binary.
-	TUI func(ctx context.Context, c *client.Client) error
+	// TUI runs the terminal UI on an open client (`hush` with no
+	// command); nil when the terminal UI is not built into this binary.
+	TUI func(ctx context.Context, c *client.Client, o TUIOptions) error
 	// Configure, when set, adjusts every client configuration before the
 	// profile is opened (tests shorten timers with it).
 	Configure func(*client.Config)
+}
+
+// TUIOptions is what the command line tells the terminal UI.
+type TUIOptions struct {
+	// Home is the profile directory.
+	Home string
+	// ConfigPath is --config ("" for the UI's default search).
+	ConfigPath string
+	// ServerURL is $HUSH_SERVER, to prefill the register screen of a
+	// profile without an account.
+	ServerURL string
 }
 
 // Main runs the hush command line with args (without the program name)
@@ -156,7 +168,9 @@ Global flags (before the command):
   --identity-policy P      strict (default) or warn: what to do when a
                            contact's identity key changes (env HUSH_IDENTITY_POLICY)
   --log-level L            error (default), warn or info: client logs on stderr
-                           (env HUSH_LOG_LEVEL)
+                           (the terminal UI logs to HOME/hush.log) (env HUSH_LOG_LEVEL)
+  --config FILE            terminal UI config file (env HUSH_CONFIG; default
+                           HOME/tui.toml, then ~/.config/hush/tui.toml)
 
 Commands:
 `
@@ -168,6 +182,7 @@ func (a *app) run(ctx context.Context, args []string) error {
 	home := fs.String("home", a.env.Getenv("HUSH_HOME"), "")
 	policy := fs.String("identity-policy", envOr(a.env.Getenv, "HUSH_IDENTITY_POLICY", "strict"), "")
 	level := fs.String("log-level", envOr(a.env.Getenv, "HUSH_LOG_LEVEL", "error"), "")
+	config := fs.String("config", a.env.Getenv("HUSH_CONFIG"), "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			a.printGlobalHelp(a.stdout, defHome)
@@ -204,7 +219,10 @@ func (a *app) run(ctx context.Context, args []string) error {
 			}
 			a.home = defHome
 		}
-		return a.runTUI(ctx)
+		return a.runTUI(ctx, *config)
+	}
+	if *config != "" && a.env.Getenv("HUSH_CONFIG") != *config {
+		return &usageError{err: errors.New("--config applies to the terminal UI: use it without a command")}
 	}
 	cmd, cmdArgs, err := lookup(rest)
 	if err != nil {
@@ -290,17 +308,29 @@ var cmdHelp = &command{
 	},
 }
 
-// runTUI opens the terminal UI: `hush` with no command.
-func (a *app) runTUI(ctx context.Context) error {
+// runTUI opens the terminal UI: `hush` with no command. A profile
+// without an account is fine: the UI starts on its register screen.
+// Client logs go to HOME/hush.log, not to the terminal the UI draws on.
+func (a *app) runTUI(ctx context.Context, configPath string) error {
 	if a.env.TUI == nil {
-		return &usageError{err: errors.New("the terminal UI is not built into this hush yet; see 'hush help' for the commands")}
+		return &usageError{err: errors.New("the terminal UI is not built into this hush; see 'hush help' for the commands")}
 	}
-	c, err := a.open(ctx, openOptions{online: true})
+	if err := os.MkdirAll(a.home, 0o700); err != nil {
+		return fmt.Errorf("profile directory: %w", err)
+	}
+	logFile, err := os.OpenFile(filepath.Join(a.home, "hush.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("open the log file: %w", err)
+	}
+	defer logFile.Close()
+	a.stderr = logFile
+	c, err := a.open(ctx, openOptions{online: true, fresh: true})
+	a.stderr = a.env.Stderr
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	return a.env.TUI(ctx, c)
+	return a.env.TUI(ctx, c, TUIOptions{Home: a.home, ConfigPath: configPath, ServerURL: a.env.Getenv("HUSH_SERVER")})
 }
 
 func envOr(getenv func(string) string, name, def string) string {

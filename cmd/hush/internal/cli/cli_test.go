@@ -544,3 +544,38 @@ func TestLink(t *testing.T) {
 		t.Fatalf("bad link code: %+v", r)
 	}
 }
+
+// TestTUIEntry: `hush` with no command hands an open client (registered
+// or not) and the options to the terminal UI.
+func TestTUIEntry(t *testing.T) {
+	home := filepath.Join(t.TempDir(), "p")
+	var got TUIOptions
+	var registered bool
+	var errb strings.Builder
+	code := Main(context.Background(), []string{"--home", home, "--config", "/x/tui.toml"}, Env{
+		Stdout: io.Discard, Stderr: &errb,
+		Getenv: func(k string) string {
+			if k == "HUSH_SERVER" {
+				return "http://example.test"
+			}
+			return ""
+		},
+		TUI: func(ctx context.Context, c *client.Client, o TUIOptions) error {
+			got = o
+			_, registered = c.Account()
+			return nil
+		},
+	})
+	if code != 0 || got != (TUIOptions{Home: home, ConfigPath: "/x/tui.toml", ServerURL: "http://example.test"}) || registered {
+		t.Fatalf("exit %d, options %+v, registered %v, stderr %q", code, got, registered, errb.String())
+	}
+	if fi, err := os.Stat(filepath.Join(home, "hush.log")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("log file: %v %v", fi, err)
+	}
+	if fi, err := os.Stat(home); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("profile directory: %v %v", fi, err)
+	}
+	if r := newUser(t, "x").run("--config", "/x/tui.toml", "whoami"); r.code != ExitUsage {
+		t.Fatalf("--config with a command: %+v", r)
+	}
+}
