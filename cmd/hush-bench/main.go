@@ -1,0 +1,187 @@
+// Command hush-bench is hush's load generator: it drives a running
+// hush-server (or hush-relay nodes and a key server) on this machine over
+// the real protocol, registers its own accounts, checks every message it
+// sends, and prints the figures as a table or, with --json, one JSON
+// object.
+//
+//	hush-bench SCENARIO [flags]
+//
+// Scenarios: throughput, latency, idle, fanout, offline, e2e, media (see
+// package scenario). This file only parses flags; the scenarios live in
+// internal/scenario and the protocol side in internal/loadgen.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hushchat/hush/cmd/hush-bench/internal/loadgen"
+	"github.com/hushchat/hush/cmd/hush-bench/internal/procstat"
+	"github.com/hushchat/hush/cmd/hush-bench/internal/scenario"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	code, err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "hush-bench:", err)
+	}
+	os.Exit(code)
+}
+
+const usage = `Usage: hush-bench SCENARIO [flags]
+
+Drives a hush-server on this machine's loopback over the real protocol and
+reports figures. Every message is checked: lost and duplicated are exact.
+Exit status: 0 ok, 1 a correctness failure (lost, duplicated, refused or
+corrupted data), 2 bad usage or a run that could not complete.
+
+Scenarios:
+  throughput  N pairs send as fast as the relay acknowledges (durable)
+  latency     the same pairs at a fixed rate (default: half a probed maximum)
+  idle        K authenticated idle connections: server memory per connection
+  fanout      a group of M members all online, one sender: time to the last
+  offline     queue N messages for an offline device, then time the drain
+  e2e         the full client core with real encryption on both sides
+  media       encrypted vs raw upload+download through the media API
+
+The server needs limits raised for load (hush-server flags):
+  --anon-rate 100000000   registrations come from one machine
+  --max-queue 200000      offline queues 100,000 messages for one device
+and, for idle, an open-file limit above the connection count.
+
+Run 'hush-bench SCENARIO --help' for a scenario's flags.
+`
+
+// common flags of every scenario.
+type common struct {
+	server, keyserver, relays string
+	json                      bool
+	sourceIPs, serverPID      int
+	workers                   int
+	quiet                     bool
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.server, "server", "http://127.0.0.1:8080", "hush-server base URL (loopback only)")
+	fs.StringVar(&c.keyserver, "keyserver", "", "key server base URL if not --server (hush-relay deployments)")
+	fs.StringVar(&c.relays, "relay", "", "comma-separated relay base URLs to spread devices over (default --server);\nwith several, each message's sender and recipient sit on different relays")
+	fs.BoolVar(&c.json, "json", false, "print one JSON object instead of a table")
+	fs.IntVar(&c.sourceIPs, "source-ips", loadgen.DefaultSourceIPs, "spread connections over this many source addresses 127.0.0.2 upwards")
+	fs.IntVar(&c.serverPID, "server-pid", 0, "server process id for RSS, CPU and I/O figures (default: the process listening on the --server port, if readable; -1: none)")
+	fs.IntVar(&c.workers, "workers", 8, "registrations in flight")
+	fs.BoolVar(&c.quiet, "quiet", false, "no progress lines on stderr")
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		if len(args) == 0 {
+			return 2, errors.New("no scenario given")
+		}
+		return 0, flag.ErrHelp
+	}
+	name := args[0]
+	fs := flag.NewFlagSet("hush-bench "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c common
+	c.register(fs)
+	runScenario, ok := scenarios[name]
+	if !ok {
+		fmt.Fprint(stderr, usage)
+		return 2, fmt.Errorf("unknown scenario %q", name)
+	}
+	exec := runScenario(fs)
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, err
+		}
+		return 2, err
+	}
+	if fs.NArg() > 0 {
+		return 2, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if _, err := procstat.RaiseOpenFileLimit(); err != nil {
+		fmt.Fprintln(stderr, "hush-bench: warning:", err)
+	}
+	var relays []string
+	if c.relays != "" {
+		relays = strings.Split(c.relays, ",")
+	}
+	env, err := loadgen.New(loadgen.Config{Server: c.server, KeyServer: c.keyserver, Relays: relays, SourceIPs: c.sourceIPs})
+	if err != nil {
+		return 2, err
+	}
+	r := &scenario.Runner{Env: env, ServerPID: c.serverPID, Workers: c.workers}
+	if !c.quiet {
+		r.Progress = stderr
+	}
+	if r.ServerPID == 0 {
+		if port, err := strconv.Atoi(env.Base().Port()); err == nil {
+			if pid, err := procstat.ListenerPID(port); err == nil {
+				r.ServerPID = pid
+			} else if !c.quiet {
+				fmt.Fprintln(stderr, "hush-bench: no server-side figures:", err)
+			}
+		}
+	} else if r.ServerPID < 0 {
+		r.ServerPID = 0
+	}
+	res, err := exec(ctx, r)
+	if err != nil {
+		return 2, fmt.Errorf("%s: %w", name, err)
+	}
+	if c.json {
+		err = scenario.WriteJSON(stdout, res)
+	} else {
+		err = scenario.WriteTable(stdout, res)
+	}
+	if err != nil {
+		return 2, err
+	}
+	if err := res.Err(); err != nil {
+		return 1, fmt.Errorf("%s: correctness failure: %w", name, err)
+	}
+	return 0, nil
+}
+
+// scenarios register their flags and return the function that runs them.
+var scenarios = map[string]func(fs *flag.FlagSet) func(context.Context, *scenario.Runner) (scenario.Result, error){
+	"throughput": func(fs *flag.FlagSet) func(context.Context, *scenario.Runner) (scenario.Result, error) {
+		o := pairsFlags(fs, 50, 10*time.Second)
+		return func(ctx context.Context, r *scenario.Runner) (scenario.Result, error) { return r.Throughput(ctx, *o) }
+	},
+	"latency": func(fs *flag.FlagSet) func(context.Context, *scenario.Runner) (scenario.Result, error) {
+		o := &scenario.LatencyOptions{}
+		o.PairsOptions = *pairsFlags(fs, 50, 10*time.Second)
+		p := &o.PairsOptions
+		fs.Float64Var(&p.Rate, "rate", 0, "total messages/s (0: --rate-fraction of a throughput probe)")
+		fs.Float64Var(&o.RateFraction, "rate-fraction", 0.5, "fraction of the probed maximum to offer when --rate is 0")
+		fs.DurationVar(&o.Probe, "probe", 5*time.Second, "measured time of the throughput probe")
+		return func(ctx context.Context, r *scenario.Runner) (scenario.Result, error) {
+			o.PairsOptions = *p
+			return r.Latency(ctx, *o)
+		}
+	},
+}
+
+func pairsFlags(fs *flag.FlagSet, pairs int, dur time.Duration) *scenario.PairsOptions {
+	o := &scenario.PairsOptions{}
+	fs.IntVar(&o.Pairs, "pairs", pairs, "sender→receiver device pairs")
+	fs.IntVar(&o.Size, "size", 200, "payload bytes per message (opaque ciphertext-sized random bytes)")
+	fs.IntVar(&o.Window, "window", 64, "Sends in flight per sender")
+	fs.DurationVar(&o.Duration, "duration", dur, "measured time")
+	fs.DurationVar(&o.Warmup, "warmup", 2*time.Second, "time before the measured window")
+	fs.DurationVar(&o.Drain, "drain", 30*time.Second, "longest wait for the last deliveries")
+	return o
+}
