@@ -186,6 +186,8 @@ func (s *Store) open() error {
 	}
 	s.cc = &dconn{c: cc}
 
+	// Readers run in parallel with the writer and with each other; a few
+	// per core keep Fetch from queueing behind a slow one.
 	n := max(4, runtime.GOMAXPROCS(0))
 	s.readers = make(chan *reader, n)
 	for i := 0; i < n; i++ {
@@ -608,23 +610,25 @@ func (s *Store) readErr(ctx context.Context, op string, err error) error {
 type Stats struct {
 	// Commits counts committed transactions; with synchronous=FULL each is
 	// one fsync of the WAL. Commits/(Puts+Acks) is the fsyncs per write.
-	Commits   uint64
-	Rollbacks uint64 // batches rolled back (then retried without a failed op, or failed)
-	Retries   uint64 // batches run again without an op that failed alone
-	Puts      uint64 // Puts applied, duplicates and refused ones included
-	Acks      uint64
-	Sweeps    uint64 // sweep chunks
+	Commits     uint64
+	Rollbacks   uint64 // batches rolled back (then retried without a failed op, or failed)
+	Retries     uint64 // batches run again without an op that failed alone
+	Puts        uint64 // Puts committed, duplicates and refused ones included
+	Acks        uint64
+	Sweeps      uint64 // sweep chunks
+	Checkpoints uint64 // background checkpoints
 }
 
 // Stats returns the writer's counters.
 func (s *Store) Stats() Stats {
 	return Stats{
-		Commits:   s.stats.commits.Load(),
-		Rollbacks: s.stats.rollbacks.Load(),
-		Retries:   s.stats.retries.Load(),
-		Puts:      s.stats.puts.Load(),
-		Acks:      s.stats.acks.Load(),
-		Sweeps:    s.stats.sweeps.Load(),
+		Commits:     s.stats.commits.Load(),
+		Rollbacks:   s.stats.rollbacks.Load(),
+		Retries:     s.stats.retries.Load(),
+		Puts:        s.stats.puts.Load(),
+		Acks:        s.stats.acks.Load(),
+		Sweeps:      s.stats.sweeps.Load(),
+		Checkpoints: s.stats.checkpoints.Load(),
 	}
 }
 

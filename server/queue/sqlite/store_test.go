@@ -410,3 +410,45 @@ func TestMigratesOlderSchema(t *testing.T) {
 		t.Fatalf("message after migration: %v, %v", ms, err)
 	}
 }
+
+// Check may run while the store is busy; its count check can share a batch
+// with writes and must not see a difference that is not there.
+func TestCheckWhileWriting(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "queue.db"), Options{})
+	ctx := context.Background()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			d := queue.Device{Account: fmt.Sprintf("u%d", w), ID: 1}
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := uint64(w*1_000_000 + i + 1)
+				if _, err := s.Put(ctx, testPut(id, []byte("m"), d)); err != nil {
+					t.Error(err)
+					return
+				}
+				if i%2 == 1 {
+					if _, err := s.Ack(ctx, d, []uint64{id}); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}(w)
+	}
+	for i := 0; i < 20; i++ {
+		if err := s.Check(ctx); err != nil {
+			t.Error(err)
+			break
+		}
+	}
+	close(stop)
+	wg.Wait()
+}

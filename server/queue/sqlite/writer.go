@@ -199,6 +199,19 @@ func (w *writer) runBatch(batch []*op) {
 		if err == nil {
 			w.stats.commits.Add(1)
 			w.keepDepths()
+			for _, o := range batch {
+				if o.skip {
+					continue
+				}
+				switch o.kind {
+				case opPut:
+					w.stats.puts.Add(1)
+				case opAck:
+					w.stats.acks.Add(1)
+				case opSweep:
+					w.stats.sweeps.Add(1)
+				}
+			}
 			return
 		}
 		_, _ = w.rollback.exec() // fails harmlessly if SQLite already rolled back
@@ -238,13 +251,10 @@ func (w *writer) try(batch []*op) (*op, error) {
 		switch o.kind {
 		case opPut:
 			err = w.put(o)
-			w.stats.puts.Add(1)
 		case opAck:
 			err = w.ack(o)
-			w.stats.acks.Add(1)
 		case opSweep:
 			err = w.sweep(o)
-			w.stats.sweeps.Add(1)
 		case opVerify:
 			o.err = w.verify()
 		}
@@ -508,10 +518,12 @@ func (w *writer) sweep(o *op) error {
 	return nil
 }
 
-// verify compares every count the writer relies on with the queue table.
+// verify compares every count the writer relies on with the queue table,
+// as the open transaction sees both (a verify may share its batch with
+// writes).
 func (w *writer) verify() error {
 	var bad []string
-	for d, want := range w.depth {
+	check := func(d queue.Device, want int) error {
 		var n int64
 		err := w.queueCount.query(w.dest1, func(v []driver.Value) error {
 			n, _ = v[0].(int64)
@@ -522,6 +534,20 @@ func (w *writer) verify() error {
 		}
 		if int(n) != want {
 			bad = append(bad, fmt.Sprintf("%s: %d queued, writer counts %d", d, n, want))
+		}
+		return nil
+	}
+	for d, want := range w.batch {
+		if err := check(d, want); err != nil {
+			return err
+		}
+	}
+	for d, want := range w.depth {
+		if _, ok := w.batch[d]; ok {
+			continue
+		}
+		if err := check(d, want); err != nil {
+			return err
 		}
 	}
 	if len(bad) > 0 {
