@@ -173,6 +173,49 @@ var scenarios = map[string]func(fs *flag.FlagSet) func(context.Context, *scenari
 			return r.Latency(ctx, *o)
 		}
 	},
+	"idle": func(fs *flag.FlagSet) func(context.Context, *scenario.Runner) (scenario.Result, error) {
+		o := &scenario.IdleOptions{}
+		fs.IntVar(&o.Conns, "conns", 10_000, "idle authenticated connections")
+		fs.IntVar(&o.Concurrency, "concurrency", 64, "dials in flight")
+		fs.DurationVar(&o.Settle, "settle", 10*time.Second, "idle time before the server's memory is read")
+		fs.StringVar(&o.Accounts, "accounts", "", "file of registered devices to connect (written by --register-only; holds bench tokens, mode 0600)")
+		fs.BoolVar(&o.RegisterOnly, "register-only", false, "register --conns devices into --accounts and stop (restart the server, then measure)")
+		return func(ctx context.Context, r *scenario.Runner) (scenario.Result, error) { return r.Idle(ctx, *o) }
+	},
+	"fanout": func(fs *flag.FlagSet) func(context.Context, *scenario.Runner) (scenario.Result, error) {
+		o := &scenario.FanoutOptions{}
+		fs.IntVar(&o.Members, "members", 1024, "group members, the sender included")
+		fs.IntVar(&o.Sends, "sends", 200, "group messages, each after the previous reached every member")
+		fs.DurationVar(&o.Gap, "gap", 0, "pause between sends")
+		fs.IntVar(&o.Size, "size", 200, "shared payload bytes")
+		fs.DurationVar(&o.Timeout, "timeout", 30*time.Second, "longest wait for one send to reach every member")
+		return func(ctx context.Context, r *scenario.Runner) (scenario.Result, error) { return r.Fanout(ctx, *o) }
+	},
+	"offline": func(fs *flag.FlagSet) func(context.Context, *scenario.Runner) (scenario.Result, error) {
+		o := &scenario.OfflineOptions{}
+		fs.IntVar(&o.Messages, "messages", 100_000, "messages queued for the offline device (the server's --max-queue must allow them)")
+		fs.IntVar(&o.Senders, "senders", 8, "sending devices filling the queue")
+		fs.IntVar(&o.Size, "size", 200, "payload bytes per message")
+		fs.IntVar(&o.Window, "window", 64, "Sends in flight per sender")
+		fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "longest fill and longest drain")
+		return func(ctx context.Context, r *scenario.Runner) (scenario.Result, error) { return r.Offline(ctx, *o) }
+	},
+	"e2e": func(fs *flag.FlagSet) func(context.Context, *scenario.Runner) (scenario.Result, error) {
+		o := &scenario.E2EOptions{}
+		fs.IntVar(&o.Pairs, "pairs", 4, "client pairs (each client a full client core with its own profile)")
+		fs.IntVar(&o.Messages, "messages", 2000, "messages per sender")
+		fs.IntVar(&o.Window, "window", 64, "messages per pair sent and not yet received")
+		fs.StringVar(&o.Home, "home", "", "directory for the client profiles (default: a temporary one, removed after)")
+		fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "longest run")
+		return func(ctx context.Context, r *scenario.Runner) (scenario.Result, error) { return r.E2E(ctx, *o) }
+	},
+	"media": func(fs *flag.FlagSet) func(context.Context, *scenario.Runner) (scenario.Result, error) {
+		o := &scenario.MediaOptions{}
+		fs.Int64Var(&o.Size, "size", 0, "plaintext bytes (default: the largest whose encrypted object is 100 MiB, the relay's default limit)")
+		fs.IntVar(&o.Rounds, "rounds", 2, "rounds of raw + encrypted transfers; the best of each counts")
+		fs.StringVar(&o.Dir, "dir", "", "directory for downloaded files (default: a temporary one, removed after)")
+		return func(ctx context.Context, r *scenario.Runner) (scenario.Result, error) { return r.Media(ctx, *o) }
+	},
 }
 
 func pairsFlags(fs *flag.FlagSet, pairs int, dur time.Duration) *scenario.PairsOptions {

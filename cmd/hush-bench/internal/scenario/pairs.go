@@ -128,17 +128,9 @@ func (r *Runner) runPairs(ctx context.Context, o PairsOptions) (*pairsOutcome, e
 		lat, ackLat loadgen.Latencies
 		inWindow    atomic.Int64
 		late        atomic.Int64
-		errMu       sync.Mutex
-		runErr      error
 	)
-	fail := func(err error) {
-		errMu.Lock()
-		if runErr == nil {
-			runErr = err
-			cancel()
-		}
-		errMu.Unlock()
-	}
+	fe := &firstError{cancel: cancel}
+	fail := fe.set
 
 	// Receivers: ack every Deliver at once; stop at the Pong of the
 	// final Ping (every Ack before it is then processed).
@@ -296,7 +288,7 @@ func (r *Runner) runPairs(ctx context.Context, o PairsOptions) (*pairsOutcome, e
 					acks++
 					if b.SendAck.Error != nil {
 						ledger.Refused(stream)
-						if runErrIsFatal(b.SendAck.Error) {
+						if refusalIsFatal(b.SendAck.Error) {
 							fail(fmt.Errorf("sender %s: send refused: %v: %s", c.Device.Account, b.SendAck.Error.Code, b.SendAck.Error.Message))
 						}
 					} else {
@@ -328,8 +320,8 @@ func (r *Runner) runPairs(ctx context.Context, o PairsOptions) (*pairsOutcome, e
 	case <-ctx.Done():
 	}
 	swg.Wait()
-	if runErr != nil {
-		return nil, runErr
+	if fe.get() != nil {
+		return nil, fe.get()
 	}
 	// Drain: every acknowledged message must arrive.
 	drainBy := time.Now().Add(o.Drain)
@@ -356,8 +348,8 @@ func (r *Runner) runPairs(ctx context.Context, o PairsOptions) (*pairsOutcome, e
 		fail(errors.New("receivers did not finish within --drain"))
 		<-rdone
 	}
-	if runErr != nil {
-		return nil, runErr
+	if fe.get() != nil {
+		return nil, fe.get()
 	}
 	for i := range o.Pairs {
 		sconns[i].Close(5 * time.Second)
@@ -388,9 +380,9 @@ func (r *Runner) runPairs(ctx context.Context, o PairsOptions) (*pairsOutcome, e
 	return out, nil
 }
 
-// runErrIsFatal: refusals that mean the run is misconfigured rather than
+// refusalIsFatal: refusals that mean the run is misconfigured rather than
 // a transient condition the figures should merely count.
-func runErrIsFatal(e *protocol.Error) bool {
+func refusalIsFatal(e *protocol.Error) bool {
 	switch e.Code {
 	case protocol.ErrorCode_CODE_RATE_LIMITED, protocol.ErrorCode_CODE_UNAVAILABLE:
 		return false

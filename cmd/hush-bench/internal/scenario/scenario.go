@@ -44,6 +44,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hushchat/hush/cmd/hush-bench/internal/loadgen"
@@ -305,4 +306,26 @@ func (r *Runner) scrape(ctx context.Context) (map[string]float64, error) {
 		}
 	}
 	return m, sc.Err()
+}
+
+// firstError keeps the first failure of a run and cancels the run with it.
+type firstError struct {
+	mu     sync.Mutex
+	err    error
+	cancel context.CancelFunc
+}
+
+func (f *firstError) set(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err == nil {
+		f.err = err
+		f.cancel()
+	}
+}
+
+func (f *firstError) get() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
 }
