@@ -510,11 +510,11 @@ func (c *Client) SetMuted(ctx context.Context, conv ConvID, muted bool) error {
 // PendingCount returns how many sends are waiting in the outbox (for a
 // CLI that waits before exiting).
 func (c *Client) PendingCount(ctx context.Context) (int, error) {
-	items, err := c.db.PendingOutbox(ctx, time.Unix(1<<40, 0), 1<<20)
+	seqs, err := c.db.PendingOutbox(ctx, time.Unix(1<<40, 0), 1<<20)
 	if err != nil {
 		return 0, err
 	}
-	return len(items), nil
+	return len(seqs), nil
 }
 
 // formatUint is strconv.FormatUint for logs.

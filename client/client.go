@@ -271,6 +271,9 @@ func (c *Client) Close() error {
 		}
 		c.mu.Unlock()
 		c.wg.Wait()
+		if c.cfg.ownHTTP {
+			c.cfg.HTTPClient.CloseIdleConnections()
+		}
 		c.closeErr = errors.Join(c.db.Close(), c.lockFile.Close())
 	})
 	return c.closeErr

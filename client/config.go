@@ -85,6 +85,8 @@ type Config struct {
 	// queue of ephemeral events (256).
 	EventBuffer int
 
+	ownHTTP bool
+
 	// testHookAfterCommit, when set, runs after an envelope's processing
 	// committed and before it is acknowledged; returning true drops the
 	// connection without the ACK (a crash at the worst moment).
@@ -131,7 +133,9 @@ func (c *Config) setDefaults() {
 		c.Clock = SystemClock{}
 	}
 	if c.HTTPClient == nil {
-		c.HTTPClient = &http.Client{Timeout: 30 * time.Second}
+		// Our own transport, so Close can drop its idle connections.
+		c.HTTPClient = &http.Client{Timeout: 30 * time.Second, Transport: http.DefaultTransport.(*http.Transport).Clone()}
+		c.ownHTTP = true
 	}
 }
 

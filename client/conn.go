@@ -155,10 +155,10 @@ func (c *Client) connLoop() {
 			force, attempt = true, 0
 		case s.reconnectAfter > 0:
 			// The relay is going away: come back after the time it
-			// asked for, spread by jitter so clients do not return at
-			// once.
+			// asked for (already spread over its clients), plus a little
+			// jitter of our own.
 			attempt = 0
-			d = s.reconnectAfter/2 + time.Duration(c.rand().Int64N(int64(s.reconnectAfter)+1))
+			d = s.reconnectAfter + time.Duration(c.rand().Int64N(int64(s.reconnectAfter/10)+1))
 		default:
 			if c.clock.Now().Sub(started) > c.cfg.BackoffMax {
 				attempt = 0

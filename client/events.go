@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/hushchat/hush/client/store"
 )
 
 // Event is something that happened: one of *MessageEvent, *ReceiptEvent,
@@ -246,35 +248,59 @@ func (d *dispatcher) release() {
 	d.mu.Unlock()
 }
 
+// cursor reads the merged stream for the single consumer. Durable events
+// are read ahead in batches; the ones handled are deleted in batches too,
+// when the stream goes idle or every eventBatch events (a crash in
+// between delivers a few handled events again: at-least-once).
+type cursor struct {
+	d       *dispatcher
+	last    int64 // last durable seq returned
+	buf     []store.StoredEvent
+	handled int64 // highest durable seq handled
+	deleted int64 // highest durable seq deleted
+}
+
+const eventBatch = 64
+
 // next returns the next event: a durable one (seq > 0) or an ephemeral one
 // (seq 0). It blocks until there is one or done closes.
-func (d *dispatcher) next(ctx context.Context, cursor int64, done <-chan struct{}) (Event, int64, error) {
+func (r *cursor) next(ctx context.Context, done <-chan struct{}) (Event, int64, error) {
+	d := r.d
 	for {
-		evs, err := d.c.db.EventsAfter(ctx, cursor, 1)
-		if err != nil {
-			return nil, 0, err
+		d.mu.Lock()
+		wake := d.wake // before reading, so no commit is missed
+		d.mu.Unlock()
+		if len(r.buf) == 0 {
+			evs, err := d.c.db.EventsAfter(ctx, r.last, eventBatch)
+			if err != nil {
+				return nil, 0, err
+			}
+			r.buf = evs
 		}
 		d.mu.Lock()
-		wake := d.wake
-		if len(d.queue) > 0 && (len(evs) == 0 || d.queue[0].after < evs[0].Seq) {
+		if len(d.queue) > 0 && (len(r.buf) == 0 || d.queue[0].after < r.buf[0].Seq) {
 			ev := d.queue[0].ev
 			d.queue = d.queue[1:]
 			d.mu.Unlock()
 			return ev, 0, nil
 		}
 		d.mu.Unlock()
-		if len(evs) == 1 {
-			ev, err := decodeEvent(evs[0].Kind, evs[0].Data)
+		if len(r.buf) > 0 {
+			se := r.buf[0]
+			r.buf = r.buf[1:]
+			r.last = se.Seq
+			ev, err := decodeEvent(se.Kind, se.Data)
 			if err != nil {
 				// A record this version cannot read: drop it rather
 				// than wedge every later event behind it.
-				d.c.log.Warn("dropping unreadable stored event", "seq", evs[0].Seq, "err", err)
-				if err := d.c.db.DeleteEvent(ctx, evs[0].Seq); err != nil {
-					return nil, 0, err
-				}
+				d.c.log.Warn("dropping unreadable stored event", "seq", se.Seq, "err", err)
+				r.done(ctx, se.Seq)
 				continue
 			}
-			return ev, evs[0].Seq, nil
+			return ev, se.Seq, nil
+		}
+		if err := r.flush(ctx); err != nil {
+			return nil, 0, err
 		}
 		select {
 		case <-wake:
@@ -284,9 +310,30 @@ func (d *dispatcher) next(ctx context.Context, cursor int64, done <-chan struct{
 	}
 }
 
+// done records durable event seq as handled.
+func (r *cursor) done(ctx context.Context, seq int64) error {
+	r.handled = seq
+	if r.handled-r.deleted >= eventBatch {
+		return r.flush(ctx)
+	}
+	return nil
+}
+
+// flush deletes the handled events.
+func (r *cursor) flush(ctx context.Context) error {
+	if r.handled <= r.deleted {
+		return nil
+	}
+	if err := r.d.c.db.DeleteEventsThrough(context.WithoutCancel(ctx), r.handled); err != nil {
+		return err
+	}
+	r.deleted = r.handled
+	return nil
+}
+
 // Events returns the channel of events. Durable events are deleted from
-// the profile once the channel accepted them (at-most-once past that
-// point; use Run for at-least-once handling). The channel is closed by
+// the profile once the channel accepted them (in batches: after a crash a
+// few may come again; for handling that must not lose an event, use Run). The channel is closed by
 // Close. Events and Run are mutually exclusive; Events returns the same
 // channel on every call.
 func (c *Client) Events() <-chan Event {
@@ -311,9 +358,14 @@ func (c *Client) Events() <-chan Event {
 	c.goBackground(func() {
 		defer close(ch)
 		ctx := c.ctx
-		var cursor int64
+		r := &cursor{d: d}
+		defer func() {
+			if err := r.flush(ctx); err != nil {
+				c.log.Error("mark events delivered", "err", err)
+			}
+		}()
 		for {
-			ev, seq, err := d.next(ctx, cursor, ctx.Done())
+			ev, seq, err := r.next(ctx, ctx.Done())
 			if err != nil {
 				if ctx.Err() == nil {
 					c.log.Error("event delivery stopped", "err", err)
@@ -326,8 +378,7 @@ func (c *Client) Events() <-chan Event {
 				return
 			}
 			if seq > 0 {
-				cursor = seq
-				if err := c.db.DeleteEvent(context.WithoutCancel(ctx), seq); err != nil {
+				if err := r.done(ctx, seq); err != nil {
 					c.log.Error("event delivery stopped", "err", err)
 					return
 				}
@@ -354,9 +405,14 @@ func (c *Client) Run(ctx context.Context, h Handler) error {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(c.ctx, cancel)()
-	var cursor int64
+	r := &cursor{d: d}
+	defer func() {
+		if err := r.flush(ctx); err != nil && c.ctx.Err() == nil {
+			c.log.Error("mark events handled", "err", err)
+		}
+	}()
 	for {
-		ev, seq, err := d.next(rctx, cursor, rctx.Done())
+		ev, seq, err := r.next(rctx, rctx.Done())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -386,9 +442,8 @@ func (c *Client) Run(ctx context.Context, h Handler) error {
 				return nil
 			}
 		}
-		cursor = seq
-		if err := c.db.DeleteEvent(context.WithoutCancel(ctx), seq); err != nil {
-			return fmt.Errorf("run: mark event handled: %w", err)
+		if err := r.done(ctx, seq); err != nil {
+			return fmt.Errorf("run: mark events handled: %w", err)
 		}
 	}
 }

@@ -134,7 +134,7 @@ func (c *Client) pump(ctx context.Context, s *session) {
 	bySeq := map[int64]bool{}
 	for {
 		if len(inflight) < c.cfg.SendWindow {
-			items, err := c.db.PendingOutbox(ctx, c.clock.Now(), c.cfg.SendWindow+len(inflight))
+			seqs, err := c.db.PendingOutbox(ctx, c.clock.Now(), c.cfg.SendWindow+len(inflight))
 			if err != nil {
 				if ctx.Err() == nil {
 					c.log.Error("read outbox", "err", err)
@@ -142,10 +142,17 @@ func (c *Client) pump(ctx context.Context, s *session) {
 				s.fail(err)
 				return
 			}
-			for i := range items {
-				it := &items[i]
-				if bySeq[it.Seq] || len(inflight) >= c.cfg.SendWindow {
+			for _, seq := range seqs {
+				if bySeq[seq] || len(inflight) >= c.cfg.SendWindow {
 					continue
+				}
+				it, err := c.db.OutboxItem(ctx, seq)
+				if errors.Is(err, store.ErrNotFound) {
+					continue
+				}
+				if err != nil {
+					s.fail(err)
+					return
 				}
 				fl, err := c.prepare(ctx, it)
 				if errors.Is(err, errNotNow) {

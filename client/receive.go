@@ -47,20 +47,48 @@ type receipts map[string][][]byte
 // errCrashTest ends the connection without acknowledging (test hook).
 var errCrashTest = errors.New("test hook: dropped the connection before ACK")
 
-// receive processes one Deliver batch, then acknowledges it.
+// receive processes one Deliver batch in one transaction, then
+// acknowledges it. (One transaction per batch rather than per envelope:
+// the batch commits or rolls back whole, which keeps exactly-once and
+// saves a commit per message.)
 func (c *Client) receive(ctx context.Context, s *session, envs []*protocol.Envelope) error {
 	acks := make([]uint64, 0, len(envs))
+	var stored []*envelope
 	for _, pe := range envs {
 		e := &envelope{serverID: pe.ServerId, sender: pe.Sender, device: pe.SenderDevice, typ: pe.Type,
 			payload: pe.Payload, serverTime: time.UnixMilli(pe.ServerTimeMs)}
 		if pe.Ephemeral {
 			c.receiveEphemeral(ctx, e)
-		} else if err := c.processEnvelope(ctx, e); err != nil {
-			return fmt.Errorf("process envelope %d: %w", e.serverID, err)
+		} else {
+			stored = append(stored, e)
 		}
 		acks = append(acks, pe.ServerId)
-		if hook := c.cfg.testHookAfterCommit; hook != nil && hook(pe.ServerId) {
-			return errCrashTest
+	}
+	if len(stored) > 0 {
+		err := c.tx(ctx, func(ctx context.Context, t *txn) error {
+			for _, e := range stored {
+				fresh, err := c.db.MarkProcessed(ctx, e.serverID, c.clock.Now())
+				if err != nil {
+					return err
+				}
+				if !fresh {
+					continue // a redelivery after a crash: only ACK it
+				}
+				if err := c.handleEnvelope(ctx, t, e); err != nil {
+					return fmt.Errorf("process envelope %d: %w", e.serverID, err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if hook := c.cfg.testHookAfterCommit; hook != nil {
+			for _, e := range stored {
+				if hook(e.serverID) {
+					return errCrashTest
+				}
+			}
 		}
 	}
 	// The receipts the batch owes (recorded with each message) go out as
@@ -76,20 +104,6 @@ func (c *Client) receive(ctx context.Context, s *session, envs []*protocol.Envel
 		acks = acks[n:]
 	}
 	return nil
-}
-
-// processEnvelope stores one envelope's effects exactly once.
-func (c *Client) processEnvelope(ctx context.Context, e *envelope) error {
-	if done, err := c.db.Processed(ctx, e.serverID); err != nil || done {
-		return err
-	}
-	return c.tx(ctx, func(ctx context.Context, t *txn) error {
-		fresh, err := c.db.MarkProcessed(ctx, e.serverID, c.clock.Now())
-		if err != nil || !fresh {
-			return err
-		}
-		return c.handleEnvelope(ctx, t, e)
-	})
 }
 
 // receiveEphemeral handles an envelope that was never stored by the relay

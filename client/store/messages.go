@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -61,27 +60,35 @@ func (db *DB) messages(ctx context.Context, what, query string, args ...any) ([]
 func (db *DB) InsertMessage(ctx context.Context, m *Message) (bool, error) {
 	inserted := false
 	err := db.inTx(ctx, func(q querier) error {
-		var one int
-		err := q.QueryRowContext(ctx, "SELECT 1 FROM messages WHERE sender = ? AND msg_id = ?", m.Sender, m.ID).Scan(&one)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("insert message: %w", err)
-		}
 		key, err := sortKeyFor(ctx, q, m)
 		if err != nil {
 			return fmt.Errorf("insert message: %w", err)
 		}
-		m.SortKey = key
-		err = q.QueryRowContext(ctx, `INSERT INTO messages (conv, msg_id, sender, sender_device, outgoing, counter,
+		rows, err := q.QueryContext(ctx, `INSERT INTO messages (conv, msg_id, sender, sender_device, outgoing, counter,
 			sort_key, sent_ms, received_ms, server_id, kind, body, content, status, read, error)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq`,
-			m.Conv, m.ID, m.Sender, m.SenderDevice, b2i(m.Outgoing), m.Counter, m.SortKey, ms(m.SentAt), ms(m.ReceivedAt),
-			m.ServerID, m.Kind, m.Body, m.Content, m.Status, b2i(m.Read), m.Error).Scan(&m.Seq)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (sender, msg_id) DO NOTHING RETURNING seq`,
+			m.Conv, m.ID, m.Sender, m.SenderDevice, b2i(m.Outgoing), m.Counter, key, ms(m.SentAt), ms(m.ReceivedAt),
+			m.ServerID, m.Kind, m.Body, m.Content, m.Status, b2i(m.Read), m.Error)
 		if err != nil {
 			return fmt.Errorf("insert message: %w", err)
 		}
+		var seq int64
+		got := rows.Next()
+		if got {
+			err = rows.Scan(&seq)
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
+		if err != nil {
+			return fmt.Errorf("insert message: %w", err)
+		}
+		if !got {
+			return nil // the same sender's message with this id exists
+		}
+		m.Seq, m.SortKey = seq, key
 		if _, err := q.ExecContext(ctx, "UPDATE conversations SET last_activity_ms = MAX(last_activity_ms, ?) WHERE id = ?",
 			ms(m.ReceivedAt), m.Conv); err != nil {
 			return fmt.Errorf("insert message: %w", err)

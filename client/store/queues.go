@@ -59,21 +59,21 @@ func (db *DB) Enqueue(ctx context.Context, it *OutboxItem) error {
 }
 
 // PendingOutbox implements OutboxStore.
-func (db *DB) PendingOutbox(ctx context.Context, now time.Time, limit int) ([]OutboxItem, error) {
-	rows, err := db.rq(ctx).QueryContext(ctx, "SELECT "+outboxCols+` FROM outbox o WHERE state = ? AND not_before_ms <= ?
+func (db *DB) PendingOutbox(ctx context.Context, now time.Time, limit int) ([]int64, error) {
+	rows, err := db.rq(ctx).QueryContext(ctx, `SELECT seq FROM outbox o WHERE state = ? AND not_before_ms <= ?
 		AND (depends_on = 0 OR NOT EXISTS (SELECT 1 FROM outbox d WHERE d.seq = o.depends_on)) ORDER BY seq LIMIT ?`,
 		OutboxQueued, now.UnixMilli(), limit)
 	if err != nil {
 		return nil, fmt.Errorf("list outbox: %w", err)
 	}
 	defer rows.Close()
-	var out []OutboxItem
+	var out []int64
 	for rows.Next() {
-		var it OutboxItem
-		if err := scanOutbox(rows, &it); err != nil {
+		var seq int64
+		if err := rows.Scan(&seq); err != nil {
 			return nil, fmt.Errorf("list outbox: %w", err)
 		}
-		out = append(out, it)
+		out = append(out, seq)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list outbox: %w", err)
@@ -467,6 +467,14 @@ func (db *DB) EventsAfter(ctx context.Context, after int64, limit int) ([]Stored
 func (db *DB) DeleteEvent(ctx context.Context, seq int64) error {
 	if _, err := db.wq(ctx).ExecContext(ctx, "DELETE FROM events WHERE seq = ?", seq); err != nil {
 		return fmt.Errorf("delete event %d: %w", seq, err)
+	}
+	return nil
+}
+
+// DeleteEventsThrough implements EventStore.
+func (db *DB) DeleteEventsThrough(ctx context.Context, seq int64) error {
+	if _, err := db.wq(ctx).ExecContext(ctx, "DELETE FROM events WHERE seq <= ?", seq); err != nil {
+		return fmt.Errorf("delete events through %d: %w", seq, err)
 	}
 	return nil
 }

@@ -168,6 +168,7 @@ var schema = []string{
 		error         TEXT NOT NULL DEFAULT '',
 		created_ms    INTEGER NOT NULL
 	) STRICT;
+	CREATE INDEX outbox_due ON outbox (state, not_before_ms);
 
 	CREATE TABLE groups (
 		id         BLOB PRIMARY KEY,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
@@ -14,8 +15,127 @@ import (
 
 // DB is the SQLite implementation of Store.
 type DB struct {
-	w *sql.DB // exactly one connection: the writer
-	r *sql.DB // read-only pool
+	w  *sql.DB // exactly one connection: the writer
+	r  *sql.DB // read-only pool
+	ws *stmtCache
+	rs *stmtCache
+}
+
+// stmtCache keeps prepared statements by query text. The driver prepares
+// every statement anew otherwise, and parsing SQL was the largest single
+// cost of a send or a receive.
+//
+// The writer has one connection, held by a transaction while it runs, so a
+// statement first seen inside a transaction cannot be prepared there (that
+// would wait for the connection forever): it runs unprepared and is
+// prepared once the transaction ended (preparePending).
+type stmtCache struct {
+	pool    *sql.DB
+	mu      sync.Mutex
+	m       map[string]*sql.Stmt
+	pending map[string]bool
+}
+
+func newStmtCache(pool *sql.DB) *stmtCache {
+	return &stmtCache{pool: pool, m: map[string]*sql.Stmt{}, pending: map[string]bool{}}
+}
+
+func (c *stmtCache) get(ctx context.Context, query string, inTx bool) (*sql.Stmt, error) {
+	c.mu.Lock()
+	st, ok := c.m[query]
+	if !ok && inTx {
+		c.pending[query] = true
+	}
+	c.mu.Unlock()
+	if ok {
+		return st, nil
+	}
+	if inTx {
+		return nil, errNotPrepared
+	}
+	st, err := c.pool.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.m[query]; ok {
+		st.Close()
+		return old, nil
+	}
+	c.m[query] = st
+	return st, nil
+}
+
+var errNotPrepared = errors.New("statement not prepared yet")
+
+// preparePending prepares the statements first seen inside transactions.
+func (c *stmtCache) preparePending(ctx context.Context) {
+	c.mu.Lock()
+	var qs []string
+	for q := range c.pending {
+		qs = append(qs, q)
+	}
+	clear(c.pending)
+	c.mu.Unlock()
+	for _, q := range qs {
+		c.get(ctx, q, false) // an error just leaves it unprepared
+	}
+}
+
+func (c *stmtCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.m {
+		st.Close()
+	}
+	c.m = nil
+}
+
+// cached is a querier that runs each query on a cached prepared
+// statement, inside tx when it is set.
+type cached struct {
+	tx *sql.Tx
+	c  *stmtCache
+}
+
+func (q cached) stmt(ctx context.Context, query string) (*sql.Stmt, bool) {
+	st, err := q.c.get(ctx, query, q.tx != nil)
+	if err != nil {
+		return nil, false // the plain call below reports the error
+	}
+	if q.tx != nil {
+		return q.tx.StmtContext(ctx, st), true
+	}
+	return st, true
+}
+
+func (q cached) plain() querier {
+	if q.tx != nil {
+		return q.tx
+	}
+	return q.c.pool
+}
+
+func (q cached) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st, ok := q.stmt(ctx, query); ok {
+		return st.ExecContext(ctx, args...)
+	}
+	return q.plain().ExecContext(ctx, query, args...)
+}
+
+func (q cached) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	if st, ok := q.stmt(ctx, query); ok {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return q.plain().QueryRowContext(ctx, query, args...)
+}
+
+func (q cached) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st, ok := q.stmt(ctx, query); ok {
+		return st.QueryContext(ctx, args...)
+	}
+	return q.plain().QueryContext(ctx, query, args...)
 }
 
 // Open opens (creating if needed, with mode 0600) the profile database at
@@ -45,7 +165,8 @@ func open(ctx context.Context, path string, steps []string) (*DB, error) {
 	}
 	w.SetMaxOpenConns(1)
 	w.SetConnMaxIdleTime(0)
-	db := &DB{w: w}
+	w.SetConnMaxLifetime(0)
+	db := &DB{w: w, ws: newStmtCache(w)}
 	if err := db.migrate(ctx, steps); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("open profile database: %w", err)
@@ -56,7 +177,8 @@ func open(ctx context.Context, path string, steps []string) (*DB, error) {
 		return nil, fmt.Errorf("open profile database: %w", err)
 	}
 	r.SetMaxOpenConns(4)
-	db.r = r
+	r.SetMaxIdleConns(4)
+	db.r, db.rs = r, newStmtCache(r)
 	if err := r.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open profile database: %w", err)
@@ -107,8 +229,10 @@ func (db *DB) Version(ctx context.Context) (int, error) {
 func (db *DB) Close() error {
 	var err error
 	if db.r != nil {
+		db.rs.close()
 		err = db.r.Close()
 	}
+	db.ws.close()
 	return errors.Join(err, db.w.Close())
 }
 
@@ -169,6 +293,7 @@ func (db *DB) Atomic(ctx context.Context, fn func(ctx context.Context) error) (e
 			panic(r)
 		}
 	}()
+	defer db.ws.preparePending(context.WithoutCancel(ctx))
 	if err := fn(context.WithValue(ctx, txKey{}, &txState{db: db, tx: tx})); err != nil {
 		tx.Rollback()
 		return err
@@ -189,18 +314,18 @@ type querier interface {
 // read-only pool.
 func (db *DB) rq(ctx context.Context) querier {
 	if st, ok := ctx.Value(txKey{}).(*txState); ok && st.db == db {
-		return st.tx
+		return cached{tx: st.tx, c: db.ws}
 	}
-	return db.r
+	return cached{c: db.rs}
 }
 
 // wq returns the querier for a single-statement write: the transaction in
 // ctx, or the writer.
 func (db *DB) wq(ctx context.Context) querier {
 	if st, ok := ctx.Value(txKey{}).(*txState); ok && st.db == db {
-		return st.tx
+		return cached{tx: st.tx, c: db.ws}
 	}
-	return db.w
+	return cached{c: db.ws}
 }
 
 // inTx runs a multi-statement write in the caller's transaction or a new

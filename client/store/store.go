@@ -291,9 +291,9 @@ type OutboxItem struct {
 type OutboxStore interface {
 	// Enqueue appends an item and sets its Seq.
 	Enqueue(ctx context.Context, it *OutboxItem) error
-	// PendingOutbox lists, in order, up to limit queued items that are due
-	// at now and whose dependency is gone.
-	PendingOutbox(ctx context.Context, now time.Time, limit int) ([]OutboxItem, error)
+	// PendingOutbox lists, in order, the sequence numbers of up to limit
+	// queued items that are due at now and whose dependency is gone.
+	PendingOutbox(ctx context.Context, now time.Time, limit int) ([]int64, error)
 	// NextOutboxDue returns the earliest future not-before of a queued
 	// item, or false.
 	NextOutboxDue(ctx context.Context, now time.Time) (time.Time, bool, error)
@@ -412,6 +412,8 @@ type EventStore interface {
 	EventsAfter(ctx context.Context, after int64, limit int) ([]StoredEvent, error)
 	// DeleteEvent removes a handled event.
 	DeleteEvent(ctx context.Context, seq int64) error
+	// DeleteEventsThrough removes every event with Seq ≤ seq.
+	DeleteEventsThrough(ctx context.Context, seq int64) error
 }
 
 // SettingsStore keeps string settings.
