@@ -36,6 +36,7 @@ import (
 	"encoding/base32"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -80,6 +81,7 @@ type Env struct {
 	srcs   []*net.TCPAddr
 	next   atomic.Uint64
 	runTag string
+	names  atomic.Int64
 }
 
 // New checks cfg and returns an Env. It does not contact the server.
@@ -133,6 +135,10 @@ func New(cfg Config) (*Env, error) {
 	if e.ks, err = ksclient.New(ksURL, ksclient.WithHTTPClient(e.http)); err != nil {
 		return nil, err
 	}
+	// go.mau.fi/libsignal keeps its logger in a global that crypto
+	// installs lazily; installing it here, before any goroutine generates
+	// keys, keeps concurrent first uses from racing on that global.
+	crypto.InstallLogger(slog.New(slog.DiscardHandler))
 	tag := make([]byte, 5)
 	rand.Read(tag)
 	e.runTag = strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(tag))
@@ -178,10 +184,11 @@ func (e *Env) Relays() int { return len(e.wsURLs) }
 // so runs against the same server never collide.
 func (e *Env) RunTag() string { return e.runTag }
 
-// Name builds a fresh account name from the run tag, a role and an index
-// ("b" + tag + role + index, at most 32 characters).
-func (e *Env) Name(role string, i int) string {
-	return fmt.Sprintf("b%s%s%d", e.runTag, role, i)
+// Name builds a fresh account name from the run tag, a role and a counter
+// of the Env ("b" + tag + role + n, at most 32 characters), so no two
+// calls return the same name.
+func (e *Env) Name(role string) string {
+	return fmt.Sprintf("b%s%s%d", e.runTag, role, e.names.Add(1))
 }
 
 // source picks the next source address, round robin.
@@ -247,8 +254,8 @@ func (e *Env) Register(ctx context.Context, name string) (*Device, error) {
 	return &Device{Account: s.Account, ID: s.Device, Token: s.Token, Identity: id}, nil
 }
 
-// RegisterMany registers n accounts named e.Name(role, 0…n-1) with
-// workers registrations in flight. progress, if set, is called after each.
+// RegisterMany registers n accounts named by e.Name(role) with workers
+// registrations in flight. progress, if set, is called after each.
 func (e *Env) RegisterMany(ctx context.Context, role string, n, workers int, progress func(done int)) ([]*Device, error) {
 	devs := make([]*Device, n)
 	if workers < 1 {
@@ -272,7 +279,7 @@ func (e *Env) RegisterMany(ctx context.Context, role string, n, workers int, pro
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				d, err := e.Register(ctx, e.Name(role, i))
+				d, err := e.Register(ctx, e.Name(role))
 				if err != nil {
 					errOnce.Do(func() { firstErr = err; cancel() })
 					return

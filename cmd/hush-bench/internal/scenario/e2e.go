@@ -101,7 +101,7 @@ func (r *Runner) E2E(ctx context.Context, o E2EOptions) (*E2EResult, error) {
 	}()
 	names := make([][2]string, o.Pairs)
 	for i := range o.Pairs {
-		names[i] = [2]string{r.Env.Name("es", i), r.Env.Name("er", i)}
+		names[i] = [2]string{r.Env.Name("es"), r.Env.Name("er")}
 		var err error
 		if senders[i], err = open(names[i][0]); err != nil {
 			return nil, err

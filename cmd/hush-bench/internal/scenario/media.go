@@ -3,6 +3,7 @@ package scenario
 import (
 	"bytes"
 	"context"
+	"crypto/aes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -25,9 +26,11 @@ import (
 const MediaDefaultBlob = 100 << 20
 
 // LargestPlaintext returns the largest plaintext whose encrypted blob
-// fits in blob bytes.
+// fits in blob bytes (0 if none does).
 func LargestPlaintext(blob int64) int64 {
-	p := blob - crypto.EncryptedSize(0) + 1
+	// At least one padding byte: the blob is never smaller than the
+	// plaintext plus EncryptedSize(0).
+	p := blob - crypto.EncryptedSize(0) + aes.BlockSize
 	for p > 0 && crypto.EncryptedSize(p) > blob {
 		p--
 	}
@@ -92,7 +95,7 @@ func (r *Runner) Media(ctx context.Context, o MediaOptions) (*MediaResult, error
 		defer os.RemoveAll(d)
 		dir = d
 	}
-	dev, err := r.Env.Register(ctx, r.Env.Name("f", 0))
+	dev, err := r.Env.Register(ctx, r.Env.Name("f"))
 	if err != nil {
 		return nil, err
 	}
