@@ -30,7 +30,7 @@ func FuzzStoreAgainstModel(f *testing.F) {
 			in = in[:512] // bound the work per input
 		}
 		m := newModel(t)
-		defer m.s.Close()
+		defer func() { m.s.Close() }() // the store open at the end: a restart replaces m.s
 		r := bytes.NewReader(in)
 		next := func() int {
 			b, err := r.ReadByte()
