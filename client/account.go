@@ -78,6 +78,10 @@ func (c *Client) NewLinkCode(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("link code: %w", err)
 	}
 	b, _ := json.Marshal(linkCode{Version: 1, Server: a.ServerURL, Relay: a.RelayURL, Account: a.Name, Token: tok})
+	c.mu.Lock()
+	c.linkWatchUntil = c.clock.Now().Add(linkWatchFor)
+	c.mu.Unlock()
+	wakeup(c.keysWake)
 	return linkCodePrefix + base64.RawURLEncoding.EncodeToString(b), nil
 }
 
@@ -438,6 +442,13 @@ func (c *Client) keysLoop() {
 	attempt := 0
 	for {
 		wait := c.cfg.KeyCheckInterval
+		c.mu.Lock()
+		if c.clock.Now().Before(c.linkWatchUntil) {
+			// A link code is out: look for the new device often, to hand
+			// it this account's groups soon after it joins.
+			wait = min(wait, linkWatchInterval)
+		}
+		c.mu.Unlock()
 		if err := c.maintainKeys(c.ctx); err != nil {
 			if c.ctx.Err() != nil {
 				return
@@ -464,10 +475,31 @@ func (c *Client) keysLoop() {
 	}
 }
 
+// linkWatchInterval and linkWatchFor: how often and how long after
+// NewLinkCode the client looks for the new device.
+const (
+	linkWatchInterval = 2 * time.Second
+	linkWatchFor      = 15 * time.Minute
+)
+
+// refreshOwnDevices learns this account's device list; a device it has no
+// session with yet gets one, and with it the state of this account's
+// groups.
+func (c *Client) refreshOwnDevices(ctx context.Context) error {
+	if _, err := c.Devices(ctx); err != nil {
+		return err
+	}
+	_, err := c.devicesOf(ctx, c.me())
+	return err
+}
+
 func (c *Client) maintainKeys(ctx context.Context) error {
 	c.mu.Lock()
 	id, p := c.identity, c.proto
 	c.mu.Unlock()
+	if err := c.refreshOwnDevices(ctx); err != nil {
+		return fmt.Errorf("own devices: %w", err)
+	}
 	var st *ksclient.KeyStatus
 	err := c.withToken(ctx, func(ks *ksclient.Client, tok string) error {
 		var err error

@@ -69,6 +69,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hushchat/hush/client/store"
 	"github.com/hushchat/hush/crypto"
@@ -113,6 +114,8 @@ type Client struct {
 	hideLastSeen bool
 	presence     map[string]PresenceEvent
 	retried      map[uint64]bool // retry requests answered, by server id
+	// linkWatchUntil: a link code was issued; look for the new device.
+	linkWatchUntil time.Time
 
 	outboxWake chan struct{}
 	keysWake   chan struct{}

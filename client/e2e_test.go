@@ -133,11 +133,17 @@ func TestSecondDevice(t *testing.T) {
 	bob := newParty(t, ts, "bob")
 	alice.waitConnected()
 	bob.waitConnected()
+	ctx := context.Background()
+	gid, err := alice.CreateGroup(ctx, "us", []string{"bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob.waitFor("group", 1, groupUpdate(gid, "create"))
 	first := alice.send("bob", "before the second device")
 	bob.waitFor("first", 1, isText("alice", "before the second device"))
 	alice.waitSent(first)
 
-	code, err := alice.NewLinkCode(context.Background())
+	code, err := alice.NewLinkCode(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,6 +196,23 @@ func TestSecondDevice(t *testing.T) {
 	want := []string{"to both of you", "from device one", "from device two"}
 	if got := texts(alice2.history(Direct("bob"))); !slices.Equal(got, want) {
 		t.Fatalf("device 2's history = %q, want %q", got, want)
+	}
+
+	// The new device learned the account's groups from device 1 and
+	// takes part in them.
+	alice2.waitFor("group sync", 1, groupUpdate(gid, "sync"))
+	if _, err := bob.SendGroup(ctx, gid, "to the group"); err != nil {
+		t.Fatal(err)
+	}
+	alice.waitFor("group message on 1", 1, groupText(gid, "bob", "to the group"))
+	alice2.waitFor("group message on 2", 1, groupText(gid, "bob", "to the group"))
+	if _, err := alice2.SendGroup(ctx, gid, "from the new device"); err != nil {
+		t.Fatal(err)
+	}
+	bob.waitFor("from alice2", 1, groupText(gid, "alice", "from the new device"))
+	own := alice.waitFor("own group message", 1, groupText(gid, "alice", "from the new device"))[0].(*MessageEvent)
+	if !own.Message.Outgoing || own.Message.SenderDevice != 2 {
+		t.Fatalf("device 1's copy = %+v", own.Message)
 	}
 }
 
