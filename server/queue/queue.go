@@ -170,7 +170,7 @@ type PutResult struct {
 //   - Nothing is kept after its Ack; nothing is deleted before its Ack or its
 //     expiry.
 //   - After Close every method returns ErrClosed; Close waits for writes
-//     already submitted to finish.
+//     already submitted to finish, and closing twice is harmless.
 //
 // Errors from an unreachable or failing backend satisfy IsRetryable: the
 // relay answers them with CODE_UNAVAILABLE and the client retries later with
