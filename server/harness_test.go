@@ -73,7 +73,7 @@ func (l *logBuffer) Bytes() []byte {
 }
 
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	relay  *Relay
 	srv    *httptest.Server
 	url    string
@@ -110,7 +110,7 @@ type envOption func(*Config, *queue.Options)
 
 // newEnv starts a relay on a real SQLite queue in a temporary directory,
 // behind a real HTTP server on loopback.
-func newEnv(t *testing.T, opts ...envOption) *env {
+func newEnv(t testing.TB, opts ...envOption) *env {
 	t.Helper()
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -178,7 +178,7 @@ func (e *env) tokenExp(account string, device uint32, exp time.Time) string {
 
 // client is a test device speaking the wire protocol.
 type client struct {
-	t      *testing.T
+	t      testing.TB
 	ws     *websocket.Conn
 	frames chan *protocol.Frame
 	closed chan struct{}
@@ -211,7 +211,7 @@ func (e *env) connect(account string, device uint32) *client {
 	return newClient(e.t, ws, queue.Device{Account: account, ID: device})
 }
 
-func newClient(t *testing.T, ws *websocket.Conn, dev queue.Device) *client {
+func newClient(t testing.TB, ws *websocket.Conn, dev queue.Device) *client {
 	c := &client{t: t, ws: ws, frames: make(chan *protocol.Frame, 100_000), closed: make(chan struct{}), dev: dev}
 	go func() {
 		defer close(c.closed)
