@@ -138,6 +138,8 @@ func benchPairs(b *testing.B, pairs, size int) {
 	b.StopTimer()
 	total := per * pairs
 	b.ReportMetric(float64(total)/elapsed.Seconds(), "msgs/s")
+	st := e.store.Stats()
+	b.ReportMetric(float64(st.Commits)/float64(total), "fsyncs/msg")
 	if len(lat) > 0 {
 		slices.Sort(lat)
 		pct := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) / 1000 }
