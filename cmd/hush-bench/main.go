@@ -12,13 +12,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -61,6 +64,10 @@ The server needs limits raised for load (hush-server flags):
 and, for idle, an open-file limit above the connection count.
 
 Run 'hush-bench SCENARIO --help' for a scenario's flags.
+
+  hush-bench report [flags] RESULT.json...
+renders --json results as the "## hush-bench" section of docs/benchmarks.md
+(scripts/bench, which make bench runs, does all of this).
 `
 
 // common flags of every scenario.
@@ -92,6 +99,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 		return 0, flag.ErrHelp
 	}
 	name := args[0]
+	if name == "report" {
+		return report(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("hush-bench "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c common
@@ -122,7 +132,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	if err != nil {
 		return 2, err
 	}
-	r := &scenario.Runner{Env: env, ServerPID: c.serverPID, Workers: c.workers}
+	r := &scenario.Runner{Env: env, ServerPID: c.serverPID, Workers: c.workers, Command: "hush-bench " + strings.Join(args, " ")}
 	if !c.quiet {
 		r.Progress = stderr
 	}
@@ -139,7 +149,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	}
 	res, err := exec(ctx, r)
 	if err != nil {
-		return 2, fmt.Errorf("%s: %w", name, err)
+		err = fmt.Errorf("%s: %w", name, err)
+		if c.json {
+			scenario.WriteJSON(stdout, scenario.Failure{Scenario: name, Command: r.Command, Error: err.Error()})
+		}
+		return 2, err
 	}
 	if c.json {
 		err = scenario.WriteJSON(stdout, res)
@@ -227,4 +241,53 @@ func pairsFlags(fs *flag.FlagSet, pairs int, dur time.Duration) *scenario.PairsO
 	fs.DurationVar(&o.Warmup, "warmup", 2*time.Second, "time before the measured window")
 	fs.DurationVar(&o.Drain, "drain", 30*time.Second, "longest wait for the last deliveries")
 	return o
+}
+
+// report renders results as markdown.
+func report(args []string, stdout, stderr io.Writer) (int, error) {
+	fs := flag.NewFlagSet("hush-bench report", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var in scenario.ReportInput
+	var date, gobench string
+	fs.StringVar(&in.Commit, "commit", "unknown", "git commit measured")
+	fs.StringVar(&date, "date", "", "time of the run, RFC 3339 (default now)")
+	fs.StringVar(&in.ServerCommand, "server-command", "", "how the bench server was started")
+	fs.StringVar(&gobench, "gobench", "", "file with go test -bench output of crypto's Encrypt and Decrypt")
+	fs.StringVar(&in.GoBenchCommand, "gobench-command", "", "the go test command that produced --gobench")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, err
+		}
+		return 2, err
+	}
+	in.Date = time.Now()
+	if date != "" {
+		t, err := time.Parse(time.RFC3339, date)
+		if err != nil {
+			return 2, fmt.Errorf("--date: %w", err)
+		}
+		in.Date = t
+	}
+	if gobench != "" {
+		b, err := os.ReadFile(gobench)
+		if err != nil {
+			return 2, err
+		}
+		in.GoBench = string(b)
+	}
+	for _, f := range fs.Args() {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return 2, err
+		}
+		if len(bytes.TrimSpace(b)) == 0 { // the scenario died before printing
+			b, _ = json.Marshal(scenario.Failure{Scenario: strings.TrimSuffix(filepath.Base(f), ".json"),
+				Error: "hush-bench printed no result; see " + strings.TrimSuffix(filepath.Base(f), ".json") + ".log"})
+		}
+		in.Results = append(in.Results, b)
+	}
+	if err := scenario.WriteMarkdown(stdout, in); err != nil {
+		return 2, err
+	}
+	return 0, nil
 }

@@ -62,6 +62,8 @@ type Runner struct {
 	Progress io.Writer
 	// Workers is the number of registrations in flight (default 8).
 	Workers int
+	// Command is the command line, recorded in every result.
+	Command string
 }
 
 func (r *Runner) logf(format string, args ...any) {
@@ -98,6 +100,7 @@ func (r *Runner) register(ctx context.Context, role string, n int) ([]*loadgen.D
 // Header is what every result starts with.
 type Header struct {
 	Scenario string    `json:"scenario"`
+	Command  string    `json:"command,omitempty"`
 	Server   string    `json:"server"`
 	Started  time.Time `json:"started"`
 	// Seconds is the scenario's wall time, registration included.
@@ -115,7 +118,7 @@ type Header struct {
 
 func (r *Runner) header(name string) Header {
 	la, _ := procstat.LoadAvg()
-	return Header{Scenario: name, Server: r.Env.Base().String(), Started: time.Now().UTC(), LoadAvg: [2]float64{la, 0}, ServerPID: r.ServerPID}
+	return Header{Scenario: name, Command: r.Command, Server: r.Env.Base().String(), Started: time.Now().UTC(), LoadAvg: [2]float64{la, 0}, ServerPID: r.ServerPID}
 }
 
 func (h *Header) finish() {
@@ -162,8 +165,16 @@ type Result interface {
 // Head implements Result.
 func (h *Header) Head() *Header { return h }
 
+// Failure is the JSON object hush-bench prints with --json when a scenario
+// could not run to the end (no figures).
+type Failure struct {
+	Scenario string `json:"scenario"`
+	Command  string `json:"command,omitempty"`
+	Error    string `json:"error"`
+}
+
 // WriteJSON writes res as one JSON object and a newline.
-func WriteJSON(w io.Writer, res Result) error {
+func WriteJSON(w io.Writer, res any) error {
 	b, err := json.Marshal(res)
 	if err != nil {
 		return err
