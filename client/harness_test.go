@@ -206,12 +206,13 @@ func (col *collector) snapshot() []Event {
 // waitFor waits until n events match pred and returns them.
 func (p *party) waitFor(what string, n int, pred func(Event) bool) []Event {
 	p.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(60*time.Second + time.Duration(n)*50*time.Millisecond)
+	var got []Event
+	next := 0
 	for {
 		p.log.mu.Lock()
-		var got []Event
-		for _, ev := range p.log.evs {
-			if pred(ev) {
+		for ; next < len(p.log.evs); next++ {
+			if ev := p.log.evs[next]; pred(ev) {
 				got = append(got, ev)
 			}
 		}

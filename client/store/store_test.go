@@ -16,7 +16,7 @@ import (
 	"github.com/hushchat/hush/crypto"
 )
 
-func openTest(t *testing.T) *DB {
+func openTest(t testing.TB) *DB {
 	t.Helper()
 	db, err := Open(context.Background(), filepath.Join(t.TempDir(), "hush.db"))
 	if err != nil {
