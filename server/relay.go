@@ -335,11 +335,14 @@ func (r *Relay) DeviceChanged(account string) {
 			conns = append(conns, c)
 		}
 	}
-	r.hubMu.RUnlock()
-	if len(conns) == 0 {
+	if len(conns) == 0 || r.closing {
+		r.hubMu.RUnlock()
 		return
 	}
+	// Added under the lock that Shutdown takes to set closing, so the
+	// WaitGroup is never added to while Shutdown waits on it.
 	r.bg.Add(1)
+	r.hubMu.RUnlock()
 	go func() {
 		defer r.bg.Done()
 		ctx, cancel := context.WithTimeout(r.ctx, 10*time.Second)
