@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/hushchat/hush/keyserver/store"
@@ -74,10 +75,30 @@ var _ store.Store = (*Store)(nil)
 
 // Open opens (creating if needed) the database at path and migrates its
 // schema.
+//
+// The file is created 0600 (SQLite gives its -wal and -shm files the same
+// mode). synchronous=FULL: a one-time prekey claim that was answered must
+// survive a power loss, or the same key could be handed out twice.
 func Open(ctx context.Context, path string) (*Store, error) {
+	if path != ":memory:" {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+		}
+		fi, err := f.Stat()
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(path, 0o600); err != nil {
+				return nil, fmt.Errorf("open sqlite %s: restrict permissions: %w", path, err)
+			}
+		}
+	}
 	dsn := func(extra string) string {
 		return "file:" + (&url.URL{Path: path}).EscapedPath() +
-			"?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)" + extra
+			"?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)" + extra
 	}
 	w, err := sql.Open("sqlite", dsn("&_pragma=journal_mode(WAL)&_txlock=immediate"))
 	if err != nil {
