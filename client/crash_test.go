@@ -89,7 +89,7 @@ func TestCrashBetweenCommitAndAck(t *testing.T) {
 	alice.waitFor("delivered", 1, receiptFor("bob", StatusDelivered, id))
 }
 
-// TestServerRestart: the server stops (gracefully, then hard) in the
+// TestServerRestart: the server shuts down and starts again in the
 // middle of a conversation; nothing is lost or duplicated.
 func TestServerRestart(t *testing.T) {
 	const n = 60

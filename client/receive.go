@@ -588,8 +588,13 @@ func (c *Client) handleRetryRequest(ctx context.Context, t *txn, e *envelope, co
 	}
 	addr := e.addr()
 	c.log.Info("peer could not decrypt a message; re-sending on a fresh session", "peer", addr.String(), "server_id", rr.ServerId)
-	if err := c.protocol().DeleteSession(ctx, addr); err != nil {
-		return err
+	// A request that came as a PreKeySignalMessage built a fresh session
+	// already (the peer had lost ours): use it. Otherwise forget the
+	// session, and the re-send starts a new one from a fresh bundle.
+	if e.typ != protocol.EnvelopeType_ENVELOPE_TYPE_PREKEY {
+		if err := c.protocol().DeleteSession(ctx, addr); err != nil {
+			return err
+		}
 	}
 	if err := c.db.RemoveSenderKeyHolder(ctx, addr); err != nil {
 		return err
@@ -624,6 +629,9 @@ func (c *Client) handleRetryRequest(ctx context.Context, t *txn, e *envelope, co
 	sid := rr.ServerId
 	t.after = append(t.after, func() {
 		c.mu.Lock()
+		if len(c.retried) > 10000 {
+			clear(c.retried)
+		}
 		c.retried[sid] = true
 		c.mu.Unlock()
 		wakeup(c.outboxWake)

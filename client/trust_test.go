@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -138,4 +139,62 @@ func TestWarnOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	bob.waitFor("reply", 1, isText("alice", "fine"))
+}
+
+// TestUndecryptableRecovers: a message that cannot be decrypted (the
+// recipient lost its session) is shown as a placeholder, and the sender
+// re-sends it on a fresh session after the retry request.
+func TestUndecryptableRecovers(t *testing.T) {
+	ctx := context.Background()
+	ts := startServer(t)
+	alice := newParty(t, ts, "alice")
+	bob := newParty(t, ts, "bob")
+	alice.waitConnected()
+	bob.waitConnected()
+	handshake(alice, bob)
+
+	bob.Close()
+	db, err := store.Open(ctx, filepath.Join(bob.home, "hush.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.DeleteSession(ctx, crypto.Address{Name: "alice", DeviceID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	bob = openParty(t, bob.cfg, "bob")
+
+	id := alice.send("bob", "survives a lost session")
+	ph := bob.waitFor("placeholder", 1, func(ev Event) bool {
+		u, ok := ev.(*UndecryptableEvent)
+		return ok && u.Message.Sender == "alice"
+	})[0].(*UndecryptableEvent).Message
+	if ph.Kind != KindUndecryptable || ph.Conv != Direct("alice") || ph.Error == "" {
+		t.Fatalf("placeholder = %+v", ph)
+	}
+	got := bob.waitFor("re-sent message", 1, isText("alice", "survives a lost session"))[0].(*MessageEvent).Message
+	if got.ID != id {
+		t.Fatalf("re-sent message has id %s, want %s", got.ID, id)
+	}
+	// The conversation works both ways afterwards.
+	bob.send("alice", "all good")
+	alice.waitFor("reply", 1, isText("bob", "all good"))
+	alice.send("bob", "indeed")
+	bob.waitFor("and again", 1, isText("alice", "indeed"))
+	// The placeholders stay visible (one is alice's message; a receipt
+	// alice sent for the handshake can be another), and every text is
+	// there exactly once.
+	var placeholders int
+	var got2 []string
+	for _, m := range bob.history(Direct("alice")) {
+		if m.Kind == KindUndecryptable {
+			placeholders++
+		} else {
+			got2 = append(got2, m.Text)
+		}
+	}
+	want := []string{"hello from alice", "hello from bob", "survives a lost session", "all good", "indeed"}
+	if placeholders == 0 || !slices.Equal(got2, want) {
+		t.Fatalf("bob's history: %d placeholders, texts %q", placeholders, got2)
+	}
 }

@@ -60,7 +60,9 @@ func (db *DB) Enqueue(ctx context.Context, it *OutboxItem) error {
 
 // PendingOutbox implements OutboxStore.
 func (db *DB) PendingOutbox(ctx context.Context, now time.Time, limit int) ([]int64, error) {
-	rows, err := db.rq(ctx).QueryContext(ctx, `SELECT seq FROM outbox o WHERE state = ? AND not_before_ms <= ?
+	// The unary + keeps SQLite from using outbox_due here: walking the
+	// primary key in order and stopping at limit is what is cheap.
+	rows, err := db.rq(ctx).QueryContext(ctx, `SELECT seq FROM outbox o WHERE +state = ? AND +not_before_ms <= ?
 		AND (depends_on = 0 OR NOT EXISTS (SELECT 1 FROM outbox d WHERE d.seq = o.depends_on)) ORDER BY seq LIMIT ?`,
 		OutboxQueued, now.UnixMilli(), limit)
 	if err != nil {

@@ -248,13 +248,14 @@ func (st *txState) savepoint(ctx context.Context, fn func(ctx context.Context) e
 	st.depth++
 	name := fmt.Sprintf("sp%d", st.depth)
 	defer func() { st.depth-- }()
-	if _, err := st.tx.ExecContext(ctx, "SAVEPOINT "+name); err != nil {
+	q := cached{tx: st.tx, c: st.db.ws}
+	if _, err := q.ExecContext(ctx, "SAVEPOINT "+name); err != nil {
 		return fmt.Errorf("savepoint: %w", err)
 	}
 	rollback := func() {
 		// Errors here leave the outer transaction to fail at commit.
-		st.tx.ExecContext(context.WithoutCancel(ctx), "ROLLBACK TO "+name)
-		st.tx.ExecContext(context.WithoutCancel(ctx), "RELEASE "+name)
+		q.ExecContext(context.WithoutCancel(ctx), "ROLLBACK TO "+name)
+		q.ExecContext(context.WithoutCancel(ctx), "RELEASE "+name)
 	}
 	defer func() {
 		if r := recover(); r != nil {
@@ -266,7 +267,7 @@ func (st *txState) savepoint(ctx context.Context, fn func(ctx context.Context) e
 		rollback()
 		return err
 	}
-	if _, err := st.tx.ExecContext(ctx, "RELEASE "+name); err != nil {
+	if _, err := q.ExecContext(ctx, "RELEASE "+name); err != nil {
 		return fmt.Errorf("release savepoint: %w", err)
 	}
 	return nil
