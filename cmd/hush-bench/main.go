@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -77,6 +78,7 @@ type common struct {
 	sourceIPs, serverPID      int
 	workers                   int
 	quiet                     bool
+	cpuProfile                string
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -88,6 +90,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.serverPID, "server-pid", 0, "server process id for RSS, CPU and I/O figures (default: the process listening on the --server port, if readable; -1: none)")
 	fs.IntVar(&c.workers, "workers", 8, "registrations in flight")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress lines on stderr")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of hush-bench itself (e.g. the e2e clients) to this file")
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
@@ -146,6 +149,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 		}
 	} else if r.ServerPID < 0 {
 		r.ServerPID = 0
+	}
+	if c.cpuProfile != "" {
+		f, err := os.Create(c.cpuProfile)
+		if err != nil {
+			return 2, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return 2, err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	res, err := exec(ctx, r)
 	if err != nil {

@@ -50,7 +50,8 @@ type IdleResult struct {
 	RSSBeforeMiB    float64 `json:"rss_before_mib,omitempty"`
 	RSSAfterMiB     float64 `json:"rss_after_mib,omitempty"`
 	RSSPerConnKiB   float64 `json:"rss_per_conn_kib,omitempty"`
-	HeapPerConnKiB  float64 `json:"heap_stack_per_conn_kib,omitempty"`
+	HeapPerConnKiB  float64 `json:"heap_per_conn_kib,omitempty"`
+	StackPerConnKiB float64 `json:"stack_per_conn_kib,omitempty"`
 	GoroutinesPerCn float64 `json:"goroutines_per_conn,omitempty"`
 	// Registered: with RegisterOnly, the devices written to Accounts.
 	Registered int `json:"registered,omitempty"`
@@ -161,10 +162,11 @@ func (r *Runner) Idle(ctx context.Context, o IdleOptions) (*IdleResult, error) {
 		res.RSSPerConnKiB = round(float64(after.rss-before.rss)/n/1024, 2)
 	}
 	if before.metrics != nil && after.metrics != nil {
-		mem := func(m map[string]float64) float64 {
-			return m["go_memstats_heap_inuse_bytes"] + m["go_memstats_stack_inuse_bytes"]
+		per := func(name string) float64 {
+			return round((after.metrics[name]-before.metrics[name])/n/1024, 2)
 		}
-		res.HeapPerConnKiB = round((mem(after.metrics)-mem(before.metrics))/n/1024, 2)
+		res.HeapPerConnKiB = per("go_memstats_heap_inuse_bytes")
+		res.StackPerConnKiB = per("go_memstats_stack_inuse_bytes")
 		res.GoroutinesPerCn = round((after.metrics["go_goroutines"]-before.metrics["go_goroutines"])/n, 2)
 		res.ServerConnected = after.metrics["hush_connections"]
 	}
@@ -199,7 +201,7 @@ func (res *IdleResult) Rows() [][2]string {
 			[2]string{"server RSS per connection", num(res.RSSPerConnKiB) + " KiB"})
 	}
 	if res.HeapPerConnKiB != 0 {
-		rows = append(rows, [2]string{"Go heap + stacks per connection", num(res.HeapPerConnKiB) + " KiB"},
+		rows = append(rows, [2]string{"Go heap in use / goroutine stacks per connection", num(res.HeapPerConnKiB) + " / " + num(res.StackPerConnKiB) + " KiB"},
 			[2]string{"goroutines per connection", num(res.GoroutinesPerCn)})
 	}
 	return rows

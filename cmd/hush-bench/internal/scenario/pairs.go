@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hushchat/hush/cmd/hush-bench/internal/loadgen"
+	"github.com/hushchat/hush/cmd/hush-bench/internal/procstat"
 	"github.com/hushchat/hush/protocol"
 )
 
@@ -60,8 +62,9 @@ type pairsOutcome struct {
 	// leftover: envelopes still queued for receivers after everything was
 	// acked (must be 0).
 	leftover int
-	// serverCPUus: server CPU time per delivered message in the window.
-	serverCPUus float64
+	// serverCPUus and genCPUus: server and generator CPU time per
+	// delivered message in the window.
+	serverCPUus, genCPUus float64
 	// lateSends: sends that left more than 1 ms after their schedule
 	// (rate mode: the generator could not keep up).
 	lateSends int64
@@ -308,15 +311,18 @@ func (r *Runner) runPairs(ctx context.Context, o PairsOptions) (*pairsOutcome, e
 
 	// Server CPU over the measured window.
 	var cpuStart, cpuEnd serverSample
+	var genStart, genEnd float64
 	select {
 	case <-time.After(time.Until(clock.Start().Add(warmEnd))):
 		cpuStart = r.sampleServer(ctx, false)
+		genStart, _ = procstat.CPUTime(os.Getpid())
 	case <-ctx.Done():
 	}
 	r.logf("measuring for %v", o.Duration)
 	select {
 	case <-time.After(time.Until(clock.Start().Add(end))):
 		cpuEnd = r.sampleServer(ctx, false)
+		genEnd, _ = procstat.CPUTime(os.Getpid())
 	case <-ctx.Done():
 	}
 	swg.Wait()
@@ -360,8 +366,13 @@ func (r *Runner) runPairs(ctx context.Context, o PairsOptions) (*pairsOutcome, e
 	out := &pairsOutcome{counts: ledger.Counts(), latency: lat.Percentiles(), sendAck: ackLat.Percentiles(),
 		lateSends: late.Load(), window: o.Duration}
 	out.msgsPerS = float64(inWindow.Load()) / o.Duration.Seconds()
-	if cpuEnd.cpu > 0 && inWindow.Load() > 0 {
-		out.serverCPUus = (cpuEnd.cpu - cpuStart.cpu) / float64(inWindow.Load()) * 1e6
+	if n := float64(inWindow.Load()); n > 0 {
+		if cpuEnd.cpu > 0 {
+			out.serverCPUus = (cpuEnd.cpu - cpuStart.cpu) / n * 1e6
+		}
+		if genEnd > 0 {
+			out.genCPUus = (genEnd - genStart) / n * 1e6
+		}
 	}
 
 	// Every receiver's queue must now be empty: acks deleted everything.

@@ -41,6 +41,9 @@ type ThroughputResult struct {
 	// ServerCPUus: server CPU time per message (µs) in the window, when
 	// the server process is known.
 	ServerCPUus float64 `json:"server_cpu_us_per_msg,omitempty"`
+	// GeneratorCPUus: hush-bench's own CPU time per message (it shares
+	// the machine with the server).
+	GeneratorCPUus float64 `json:"generator_cpu_us_per_msg,omitempty"`
 }
 
 // Throughput runs the throughput scenario.
@@ -66,6 +69,7 @@ func (res *ThroughputResult) fill(out *pairsOutcome) {
 	res.LatencyMs = out.latency
 	res.SendAckMs = out.sendAck
 	res.ServerCPUus = round(out.serverCPUus, 1)
+	res.GeneratorCPUus = round(out.genCPUus, 1)
 }
 
 // Rows implements Result.
@@ -81,7 +85,7 @@ func (res *ThroughputResult) Rows() [][2]string {
 		latencyRow("latency send→SendAck", res.SendAckMs),
 	}
 	if res.ServerCPUus > 0 {
-		rows = append(rows, [2]string{"server CPU per message", fmt.Sprintf("%s µs", num(res.ServerCPUus))})
+		rows = append(rows, [2]string{"CPU per message: server / hush-bench", fmt.Sprintf("%s / %s µs", num(res.ServerCPUus), num(res.GeneratorCPUus))})
 	}
 	return rows
 }
