@@ -58,9 +58,13 @@ type term struct {
 	name string
 	cmd  *exec.Cmd
 	ptmx *os.File
-	emu  *vt.SafeEmulator
 	done chan struct{}
-	mu   sync.Mutex
+	mu   sync.Mutex // serializes stop
+
+	// emuMu guards emu's screen: the output goroutine writes it, the test
+	// reads it. (emu.Read, the terminal's answers, needs no lock.)
+	emuMu sync.Mutex
+	emu   *vt.Emulator
 }
 
 func startTerm(t *testing.T, name, home string, w, h int) *term {
@@ -71,7 +75,7 @@ func startTerm(t *testing.T, name, home string, w, h int) *term {
 	if err != nil {
 		t.Fatalf("start %s in a pty: %v", name, err)
 	}
-	tm := &term{t: t, name: name, cmd: cmd, ptmx: ptmx, emu: vt.NewSafeEmulator(w, h), done: make(chan struct{})}
+	tm := &term{t: t, name: name, cmd: cmd, ptmx: ptmx, emu: vt.NewEmulator(w, h), done: make(chan struct{})}
 	go func() {
 		// Screen output → emulator.
 		defer close(tm.done)
@@ -79,7 +83,9 @@ func startTerm(t *testing.T, name, home string, w, h int) *term {
 		for {
 			n, err := ptmx.Read(buf)
 			if n > 0 {
+				tm.emuMu.Lock()
 				tm.emu.Write(buf[:n])
+				tm.emuMu.Unlock()
 			}
 			if err != nil {
 				return
@@ -112,10 +118,14 @@ func (tm *term) stop() {
 		tm.t.Errorf("%s did not quit on ctrl+c", tm.name)
 	}
 	tm.ptmx.Close()
-	tm.emu.Close()
+	// The emulator is left open: its Close races with a blocked Read in
+	// x/vt v0.1.0, and the answer-copying goroutine ends with the test
+	// binary.
 }
 
 func (tm *term) lines() []string {
+	tm.emuMu.Lock()
+	defer tm.emuMu.Unlock()
 	return strings.Split(ansi.Strip(tm.emu.Render()), "\n")
 }
 
@@ -157,8 +167,15 @@ func (tm *term) tickColor(text string) (color.Color, bool) {
 		r := []rune(l)
 		for x := 0; x+1 < len(r); x++ {
 			if r[x] == '✓' && r[x+1] == '✓' {
-				if c := tm.emu.CellAt(x, y); c != nil {
-					return c.Style.Fg, true
+				tm.emuMu.Lock()
+				var fg color.Color
+				c := tm.emu.CellAt(x, y)
+				if c != nil {
+					fg = c.Style.Fg
+				}
+				tm.emuMu.Unlock()
+				if c != nil {
+					return fg, true
 				}
 			}
 		}
