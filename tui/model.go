@@ -48,6 +48,7 @@ type Model struct {
 	c      *client.Client
 	keys   KeyMap
 	st     styles
+	theme  Theme
 	cfg    Config
 	notify []string
 	now    func() time.Time
@@ -121,6 +122,7 @@ func newModel(ctx context.Context, c *client.Client, cfg Config, opts Options) (
 		c:           c,
 		keys:        km,
 		st:          newStyles(theme),
+		theme:       theme,
 		cfg:         cfg,
 		notify:      cfg.NotifyCommand,
 		now:         time.Now,

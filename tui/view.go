@@ -502,40 +502,48 @@ func (m *Model) renderMessage(i, w int, selected bool) []string {
 
 // ---- status line ----
 
+// statusLine draws the bottom line. Every segment carries the status
+// background itself (a nested style's reset would end it early).
 func (m *Model) statusLine() string {
+	bar := m.st.status
+	var dot string
 	var conn string
+	dotStyle := bar.Foreground(m.theme.Error)
 	switch m.state {
 	case client.Connected:
-		conn = m.st.online.Render("●") + " connected"
+		dot, conn, dotStyle = "●", " connected", bar.Foreground(m.theme.Online)
 	case client.Connecting:
-		conn = m.st.warn.Render("◌") + " connecting…"
+		dot, conn, dotStyle = "◌", " connecting…", bar.Foreground(m.theme.Warning)
 	case client.Reconnecting:
-		secs := int(time.Until(m.retryAt).Round(time.Second) / time.Second)
+		secs := 0
 		if !m.retryAt.IsZero() {
 			secs = int(m.retryAt.Sub(m.now()).Round(time.Second) / time.Second)
 		}
-		conn = m.st.warn.Render("◌") + fmt.Sprintf(" reconnecting in %d s", max(0, secs))
+		dot, conn, dotStyle = "◌", fmt.Sprintf(" reconnecting in %d s", max(0, secs)), bar.Foreground(m.theme.Warning)
 	default:
-		conn = m.st.err.Render("○") + " offline"
+		dot, conn = "○", " offline"
 	}
-	left := " " + conn
+	left := " " + dot + conn
 	if m.me != "" {
 		left += " · " + m.me
 	} else {
 		left += " · not registered"
 	}
 	right := m.keys.First(ActHelp) + " help "
-	mid := ""
+	mid, midStyle := "", bar
 	if m.flash != "" {
+		mid = m.flash
 		if m.flashErr {
-			mid = m.st.err.Render(m.flash)
-		} else {
-			mid = m.flash
+			midStyle = bar.Foreground(m.theme.Error)
 		}
 	} else if m.state != client.Connected && m.stateErr != "" {
-		mid = m.st.dim.Render(m.stateErr)
+		mid, midStyle = m.stateErr, bar.Foreground(m.theme.Dim)
 	}
-	free := m.width - lipgloss.Width(left) - lipgloss.Width(right) - 2
-	line := left + "  " + fit(mid, max(0, free)) + right
-	return m.st.status.Render(fit(line, m.width))
+	free := max(0, m.width-lipgloss.Width(left)-lipgloss.Width(right)-2)
+	if lipgloss.Width(left) > m.width {
+		return bar.Render(fit(left, m.width))
+	}
+	line := bar.Render(" ") + dotStyle.Render(dot) + bar.Render(strings.TrimPrefix(left, " "+dot)+"  ") +
+		midStyle.Render(fit(mid, free)) + bar.Render(right)
+	return fit(line, m.width)
 }
