@@ -11,6 +11,7 @@ import (
 
 	"github.com/hushchat/hush/protocol"
 	"github.com/hushchat/hush/server/directory"
+	"github.com/hushchat/hush/server/nodeid"
 	"github.com/hushchat/hush/server/presence"
 	"github.com/hushchat/hush/server/push"
 	"github.com/hushchat/hush/server/queue"
@@ -49,11 +50,19 @@ type Config struct {
 	// offline with it.
 	TokenKey ed25519.PublicKey
 	// NodeID is this relay's Snowflake node id (0–1023), unique among the
-	// relays sharing queues.
+	// relays sharing queues. It is ignored when NodeIDs is set.
 	NodeID int64
+	// NodeIDs, when set, supplies the node id (e.g. a nodeid.Lease from
+	// Redis): ids are minted only while NodeIDs.Valid() is nil, and Sends
+	// are refused with CODE_UNAVAILABLE otherwise. The relay does not close
+	// it. Nil means a fixed NodeID.
+	NodeIDs nodeid.Provider
 
 	// Router routes doorbells between relays (nil: routing.NewLocal(), owned
-	// and closed by the relay). Presence tracks presence (nil: an in-memory
+	// and closed by the relay). A router with a Healthy() bool method (the
+	// Redis router) has its health exported as hush_router_healthy; an
+	// unhealthy router does not make the relay unready — delivery goes on
+	// through the router's fallback polling and push. Presence tracks presence (nil: an in-memory
 	// tracker, owned by the relay). Push wakes offline devices (nil: no
 	// push; PushRegister is refused). Routers, trackers and notifiers given
 	// here are not closed by the relay.
@@ -115,8 +124,12 @@ func (c *Config) setDefaults() error {
 	if len(c.TokenKey) != ed25519.PublicKeySize {
 		return fmt.Errorf("relay: Config.TokenKey must be a %d-byte Ed25519 public key", ed25519.PublicKeySize)
 	}
-	if c.NodeID < 0 || c.NodeID > 1023 {
-		return fmt.Errorf("relay: node id %d outside 0–1023", c.NodeID)
+	if c.NodeIDs == nil {
+		ids, err := nodeid.NewStatic(c.NodeID)
+		if err != nil {
+			return fmt.Errorf("relay: %w", err)
+		}
+		c.NodeIDs = ids
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

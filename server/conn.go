@@ -53,6 +53,10 @@ type conn struct {
 	fetchBackoff   bool   // the last fetch failed; a timer retries
 	blockedAt      uint64 // a fetch stopped before this in-flight id
 	cursor         uint64 // highest id delivered on this connection
+	rescan         bool   // a bell named an id ≤ cursor: read from rescanAfter
+	rescanAfter    uint64
+	fetching       bool                // a rescan's Fetch is running
+	ackedDuring    map[uint64]struct{} // ids acked while it ran
 	pending        []pendingEntry
 	pendingBytes   int
 	unacked        map[uint64]struct{}
@@ -284,6 +288,16 @@ func (c *conn) handleAck(ids []uint64) {
 	wasFull := len(c.unacked) >= c.r.cfg.MaxUnacked
 	for _, id := range ids {
 		delete(c.unacked, id)
+	}
+	if c.fetching {
+		// A rescan reading now may have seen these rows before the ack
+		// deleted them: it must not deliver them again.
+		if c.ackedDuring == nil {
+			c.ackedDuring = make(map[uint64]struct{}, len(ids))
+		}
+		for _, id := range ids {
+			c.ackedDuring[id] = struct{}{}
+		}
 	}
 	c.mu.Unlock()
 	if wasFull {

@@ -33,14 +33,29 @@ import (
 // the head of pending only once it is stored. So the cursor only moves over
 // ids that can no longer appear below it.
 //
-// The drain after connect also waits until every Put whose id was assigned
-// before the connection attached has finished (the drain horizon) before
-// its last fetch and QueueEmpty: such a Put did not know the connection and
-// would otherwise be stored behind its cursor, unseen until the next
-// reconnect.
+// The drain after connect also respects the Puts whose ids were assigned
+// before the connection attached (up to the drain horizon): they did not
+// know the connection, so they are not in pending. While one of them is in
+// flight the drain delivers nothing at or above its id (it could commit
+// behind the cursor, unseen until the next reconnect), and the last fetch
+// and QueueEmpty wait until all of them have finished.
 //
-// Doorbells from other relays (issue 9's Redis routing) carry ids this relay
-// did not assign; they switch the connection to fetch mode. Across relays,
+// Doorbells from other relays (Redis routing) carry ids this relay did not
+// assign; they switch the connection to fetch mode. Such an id may be below
+// the cursor: the other relay's clock may lag, its Put may have been slower
+// than this relay's later ones, or a client's retry may just have finished
+// an earlier attempt under its original id (a Cassandra take-over). A
+// fetch after the cursor would never see it. So a bell whose id is at or
+// below the cursor, and not among the ids delivered and still unacked,
+// starts a rescan: the next fetches read from just below that id and hand
+// over every envelope up to the cursor that this connection has not
+// delivered. The queue holds exactly the unacked delivered envelopes and
+// the undelivered ones (acks delete), so "not delivered" is "not in
+// unacked" — plus the ids acked while that fetch was reading, which the
+// fetch may still have seen (ackedDuring). A bell without an id (the
+// router's fallback polling during a Redis outage, and its catch-up ring
+// after one) rescans the whole queue, since bells may have been lost. Late
+// envelopes are counted in hush_late_deliveries_total. Across relays,
 // server ids order only as well as the relays' clocks agree, which is why
 // clients order a conversation by the sender's counter inside the
 // ciphertext.
@@ -135,9 +150,28 @@ func (c *conn) cancelPending(id uint64) {
 }
 
 // bell switches the connection to fetch mode: its queue has something
-// this relay did not put there.
-func (c *conn) bell() {
+// this relay did not put there, stored under id (0: unknown). An id at or
+// below the cursor starts a rescan from just below it (see the file
+// comment); an id already delivered needs nothing.
+func (c *conn) bell(id uint64) {
 	c.mu.Lock()
+	if c.dead {
+		c.mu.Unlock()
+		return
+	}
+	if id == 0 || id <= c.cursor {
+		if _, delivered := c.unacked[id]; delivered && id != 0 {
+			c.mu.Unlock()
+			return
+		}
+		after := uint64(0)
+		if id > 0 {
+			after = id - 1
+		}
+		if !c.rescan || after < c.rescanAfter {
+			c.rescan, c.rescanAfter = true, after
+		}
+	}
 	c.fetchNeeded = true
 	c.fetchGen++
 	c.mu.Unlock()
@@ -245,12 +279,24 @@ func (c *conn) fetchLocked() (frames [][]byte, queueEmpty, more bool) {
 		}
 	}
 	after, gen, draining, upTo := c.cursor, c.fetchGen, c.draining, c.drainUpTo
+	rescan, rescanFrom := c.rescan, c.rescanAfter
+	if rescan {
+		after = rescanFrom
+		c.fetching, c.ackedDuring = true, nil
+	}
 	limit := min(protocol.MaxDeliverBatch, c.windowLocked())
 	c.mu.Unlock()
 
 	// Read the horizon before the fetch: only a fetch that started after
-	// every earlier Put finished may end the drain.
-	horizonOK := !draining || c.r.seq.doneUpTo(upTo)
+	// every earlier Put finished may end the drain. And while the drain
+	// lasts, no id at or above the lowest Put still in flight from before
+	// the attach may be delivered: that Put may commit below what the
+	// fetch returns, and it never told this connection it was coming.
+	var floor uint64
+	if draining {
+		floor = c.r.seq.lowestInflight(upTo)
+	}
+	horizonOK := floor == 0
 	ctx, cancel := context.WithTimeout(c.r.ctx, c.r.cfg.SendTimeout)
 	msgs, err := c.r.store.Fetch(ctx, c.dev, after, limit)
 	cancel()
@@ -258,6 +304,7 @@ func (c *conn) fetchLocked() (frames [][]byte, queueEmpty, more bool) {
 		c.r.log.Warn("queue fetch failed; retrying", "account", c.dev.Account, "device", c.dev.ID, "err", err)
 		c.mu.Lock()
 		c.fetchBackoff = true
+		c.fetching, c.ackedDuring = false, nil
 		c.mu.Unlock()
 		time.AfterFunc(time.Second, func() {
 			c.mu.Lock()
@@ -269,15 +316,38 @@ func (c *conn) fetchLocked() (frames [][]byte, queueEmpty, more bool) {
 	}
 
 	c.mu.Lock()
+	ackedDuring := c.ackedDuring
+	c.fetching, c.ackedDuring = false, nil
 	if c.dead {
 		c.mu.Unlock()
 		return nil, false, false
 	}
-	cut := false
+	cut, horizonCut := false, false
 	envs := make([]*protocol.Envelope, 0, len(msgs))
+	top := c.cursor // the rescan covers ids up to here
+	late := 0
+	rescanDone := rescan && len(msgs) < limit
 	for _, m := range msgs {
+		if m.ServerID <= top {
+			if !rescan {
+				continue
+			}
+			rescanFrom = m.ServerID
+			_, unacked := c.unacked[m.ServerID]
+			_, acked := ackedDuring[m.ServerID]
+			if !unacked && !acked {
+				envs = append(envs, envelopeOf(m))
+				late++
+			}
+			continue
+		}
+		rescanDone = rescan // past the rescanned range
 		if m.ServerID <= c.cursor {
 			continue
+		}
+		if floor != 0 && m.ServerID >= floor {
+			cut, horizonCut = true, true
+			break
 		}
 		if barrier != 0 && m.ServerID >= barrier {
 			cut = true
@@ -286,15 +356,27 @@ func (c *conn) fetchLocked() (frames [][]byte, queueEmpty, more bool) {
 		envs = append(envs, envelopeOf(m))
 		c.cursor = m.ServerID
 	}
+	if rescan && c.rescanAfter == after {
+		// No bell lowered the rescan's start while this fetch ran.
+		if rescanDone {
+			c.rescan = false
+		} else {
+			c.rescanAfter = rescanFrom
+		}
+	}
 	c.markUnackedLocked(envs)
 	c.prunePendingLocked()
-	if cut {
+	wait, waitFor := false, upTo
+	switch {
+	case horizonCut:
+		c.waitingHorizon = true
+		wait, waitFor = true, floor
+	case cut:
 		// Wait for the barrier's Put, unless it finished meanwhile.
 		if i := c.findPendingLocked(barrier); i >= 0 && c.pending[i].state == inflight {
 			c.blockedAt = barrier
 		}
 	}
-	wait := false
 	if !cut && len(msgs) < limit {
 		switch {
 		case draining && !horizonOK:
@@ -311,8 +393,11 @@ func (c *conn) fetchLocked() (frames [][]byte, queueEmpty, more bool) {
 		}
 	}
 	c.mu.Unlock()
+	if late > 0 {
+		c.r.m.late.Add(float64(late))
+	}
 	if wait {
-		c.r.seq.waitDone(upTo, func() {
+		c.r.seq.waitDone(waitFor, func() {
 			c.mu.Lock()
 			c.waitingHorizon = false
 			c.mu.Unlock()

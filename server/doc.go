@@ -54,6 +54,23 @@
 // Ephemeral sends (typing) go only to devices online now and are never
 // stored; their SendAck says how many got them.
 //
+// # Several relays
+//
+// Relays sharing one queue store (Cassandra) and one Router (Redis) serve
+// one deployment. Server ids are Snowflake ids minted with a node id from a
+// nodeid.Provider — a lease from Redis, or a fixed id — and only while the
+// provider says the id is ours; otherwise Sends are refused with
+// CODE_UNAVAILABLE and the client retries. Doorbells are rung after the
+// SendAck is queued, so a slow Redis never delays an acknowledgement; when
+// the router fails, the recipients it could not ring are pushed, their own
+// relays poll their queues (the Redis router does that by itself), and the
+// relay stays ready. A doorbell may name an id below what a connection has
+// already delivered (another relay's clock lags, or a retry finished an
+// earlier attempt under its original id): the connection rescans its queue
+// from there (deliver.go), so nothing stored waits for a reconnect. A retry
+// answered as a duplicate rings every recipient again, since the attempt
+// that stored it may have died before ringing.
+//
 // # Presence
 //
 // Heartbeats, hiding and mutual-consent subscriptions go to a

@@ -2,6 +2,9 @@ package server
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hushchat/hush/server/nodeid"
+	"github.com/hushchat/hush/server/routing"
 )
 
 // metrics are the relay's Prometheus collectors, all prefixed hush_. They
@@ -20,9 +23,11 @@ type metrics struct {
 	oldest       prometheus.Gauge
 	expired      prometheus.Counter
 	presence     prometheus.Counter
+	late         prometheus.Counter
+	ringFailures prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, router routing.Router, ids nodeid.Provider) (*metrics, error) {
 	m := &metrics{
 		connections: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hush_connections", Help: "Open, authenticated device connections.",
@@ -67,14 +72,43 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		presence: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hush_presence_updates_total", Help: "Presence frames sent to devices.",
 		}),
+		late: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hush_late_deliveries_total",
+			Help: "Envelopes delivered below a connection's position: stored by another relay under a lower id after higher ids were delivered (clock skew, concurrent stores, or a retry finishing an earlier attempt).",
+		}),
+		ringFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hush_doorbell_failures_total",
+			Help: "Doorbell batches the router could not ring (Redis unavailable); their recipients were pushed instead and their relays poll their queues.",
+		}),
+	}
+	cs := []prometheus.Collector{m.connections, m.connects, m.disconnects, m.sends, m.sendSeconds,
+		m.deliveries, m.acks, m.redeliveries, m.rejected, m.queueDepth, m.oldest, m.expired, m.presence,
+		m.late, m.ringFailures}
+	if h, ok := router.(interface{ Healthy() bool }); ok {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "hush_router_healthy",
+			Help: "1 while the router reaches Redis and every local registration is in place; 0 during an outage (delivery then runs on fallback polling; the relay stays ready).",
+		}, func() float64 { return boolGauge(h.Healthy()) }))
+	}
+	if ids != nil {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "hush_node_id_valid",
+			Help: "1 while this relay may mint server ids with its node id; 0 while its lease is suspended, warming or lost (Sends are refused with CODE_UNAVAILABLE).",
+		}, func() float64 { return boolGauge(ids.Valid() == nil) }))
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.connections, m.connects, m.disconnects, m.sends, m.sendSeconds,
-			m.deliveries, m.acks, m.redeliveries, m.rejected, m.queueDepth, m.oldest, m.expired, m.presence} {
+		for _, c := range cs {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
 		}
 	}
 	return m, nil
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

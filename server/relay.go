@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -56,6 +57,8 @@ type Relay struct {
 	bg        sync.WaitGroup // background loops and helpers
 	stopLoops chan struct{}
 	shutdown  sync.Once
+
+	ringFailing atomic.Bool // the last Ring failed (logged once per outage)
 }
 
 // New returns a running relay (its ping, sweep and presence timers start
@@ -64,11 +67,11 @@ func New(cfg Config) (*Relay, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	seq, err := newSequencer(cfg.NodeID)
+	seq, err := newSequencer(cfg.NodeIDs, cfg.Now)
 	if err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
-	m, err := newMetrics(cfg.Registerer)
+	m, err := newMetrics(cfg.Registerer, cfg.Router, cfg.NodeIDs)
 	if err != nil {
 		return nil, fmt.Errorf("relay: metrics: %w", err)
 	}
@@ -122,14 +125,20 @@ func New(cfg Config) (*Relay, error) {
 // Handler returns the WebSocket endpoint; mount it at protocol.WSPath.
 func (r *Relay) Handler() http.Handler { return http.HandlerFunc(r.serveWS) }
 
-// Ready reports whether the relay accepts connections and its store
-// answers (for /readyz).
+// Ready reports whether the relay accepts connections and Sends: it is
+// not shutting down, its node id may be used, and its store answers (for
+// /readyz). An unhealthy router does not make it unready: delivery goes on
+// through fallback polling, and refusing connections would only move the
+// same problem to the other relays.
 func (r *Relay) Ready(ctx context.Context) error {
 	r.hubMu.RLock()
 	closing := r.closing
 	r.hubMu.RUnlock()
 	if closing {
 		return errors.New("relay is shutting down")
+	}
+	if err := r.cfg.NodeIDs.Valid(); err != nil {
+		return fmt.Errorf("node id %d: %w", r.cfg.NodeIDs.ID(), err)
 	}
 	if _, err := r.store.Depth(ctx, queue.Device{Account: "readyz", ID: 1}); err != nil {
 		return fmt.Errorf("queue store: %w", err)
@@ -308,7 +317,7 @@ func (h routerHandler) Ring(b routing.Bell) {
 		c.enqueueEphemeral(b.Envelope)
 		return
 	}
-	c.bell()
+	c.bell(b.ServerID)
 }
 
 // Evict closes a connection superseded by a newer one of its device.

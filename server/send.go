@@ -20,6 +20,10 @@ import (
 // commit); beyond that the reader waits, and so does the client's TCP. The
 // server id is assigned here, in the reader, so that the Sends of one
 // connection are stored and delivered in the order they arrived.
+//
+// Doorbells are rung after the SendAck is queued and the send slot is
+// freed: the router (Redis) is a fast path for other relays and must never
+// delay an acknowledgement or throttle the sender.
 func (c *conn) startSend(s *protocol.Send) {
 	c.r.sendMu.RLock()
 	if c.r.sendsClosed {
@@ -35,29 +39,37 @@ func (c *conn) startSend(s *protocol.Send) {
 	start := time.Now()
 	var ps *pendingSend
 	if !s.Ephemeral {
-		ps = c.r.beginSend(c.dev, s)
-	}
-	go func() {
-		defer func() {
+		var err error
+		if ps, err = c.r.beginSend(c.dev, s); err != nil {
 			<-c.sendSlots
 			c.r.sends.Done()
-		}()
+			c.enqueue(&protocol.Frame{Body: &protocol.Frame_SendAck{SendAck: c.r.nodeIDRefused(s, err)}})
+			return
+		}
+	}
+	go func() {
+		defer c.r.sends.Done()
 		ctx, cancel := context.WithTimeout(c.r.ctx, c.r.cfg.SendTimeout)
-		ack := c.r.finishSend(ctx, c.dev, s, ps, start)
+		ack, bells := c.r.finishSend(ctx, c.dev, s, ps, start)
 		cancel()
 		c.enqueue(&protocol.Frame{Body: &protocol.Frame_SendAck{SendAck: ack}})
+		<-c.sendSlots
+		if bells != nil {
+			c.r.ring(bells)
+		}
 	}()
 }
 
-// processSend validates, stores and routes one Send from device from, and
-// returns its SendAck (see beginSend and finishSend).
-func (r *Relay) processSend(ctx context.Context, from queue.Device, s *protocol.Send) *protocol.SendAck {
-	start := time.Now()
-	var ps *pendingSend
-	if !s.Ephemeral {
-		ps = r.beginSend(from, s)
-	}
-	return r.finishSend(ctx, from, s, ps, start)
+// nodeIDRefused answers a Send that cannot get a server id now.
+func (r *Relay) nodeIDRefused(s *protocol.Send, err error) *protocol.SendAck {
+	r.m.sends.WithLabelValues(protocol.ErrorCode_CODE_UNAVAILABLE.String()).Inc()
+	r.m.rejected.WithLabelValues(protocol.ErrorCode_CODE_UNAVAILABLE.String()).Inc()
+	r.log.Debug("send refused: node id not valid", "err", err)
+	return &protocol.SendAck{ClientId: s.ClientId, Error: &protocol.Error{
+		Code:         protocol.ErrorCode_CODE_UNAVAILABLE,
+		Message:      "this relay cannot assign message ids right now; send again with the same client_id",
+		RetryAfterMs: 1000,
+	}}
 }
 
 // pendingSend is a durable Send between its id assignment and its store.
@@ -74,8 +86,9 @@ type localRecipient struct {
 
 // beginSend builds the Put, assigns its server id and tells the
 // recipients connected here that it is coming, atomically (see sequencer
-// and deliver.go). It must be followed by finishSend.
-func (r *Relay) beginSend(from queue.Device, s *protocol.Send) *pendingSend {
+// and deliver.go). It must be followed by finishSend. It fails while the
+// node id may not be used (nodeid.Provider.Valid).
+func (r *Relay) beginSend(from queue.Device, s *protocol.Send) (*pendingSend, error) {
 	ps := &pendingSend{put: queue.Put{
 		Sender:       from.Account,
 		SenderDevice: from.ID,
@@ -92,7 +105,8 @@ func (r *Relay) beginSend(from queue.Device, s *protocol.Send) *pendingSend {
 			put.Recipients[i].Type, put.Recipients[i].Payload = int32(rc.Type), rc.Payload
 		}
 	}
-	ps.seq = r.seq.begin(func(id uint64) {
+	var err error
+	ps.seq, err = r.seq.begin(func(id uint64) {
 		put.ServerID = id
 		r.hubMu.RLock()
 		for i := range put.Recipients {
@@ -102,15 +116,32 @@ func (r *Relay) beginSend(from queue.Device, s *protocol.Send) *pendingSend {
 		}
 		r.hubMu.RUnlock()
 	})
-	return ps
+	if err != nil {
+		return nil, err
+	}
+	return ps, nil
+}
+
+// doorbells is what a stored Send still has to ring once its SendAck is
+// on its way.
+type doorbells struct {
+	devices  []queue.Device
+	isLocal  []bool // delivered from memory here; no bell needed
+	serverID uint64
+	// duplicate: the store already had this message (a retry). The
+	// attempt that stored it may have died before ringing, or a retry may
+	// just have finished it (a Cassandra take-over), so every recipient is
+	// rung, local ones included.
+	duplicate bool
 }
 
 // finishSend checks the recipients, stores the Put (ps; nil for an
-// ephemeral Send) and returns the SendAck. Nothing is stored unless every
-// check passed; a SendAck without error is returned only after the store
-// made the envelope durable for every recipient.
-func (r *Relay) finishSend(ctx context.Context, from queue.Device, s *protocol.Send, ps *pendingSend, start time.Time) *protocol.SendAck {
-	ack := r.doSend(ctx, from, s, ps)
+// ephemeral Send) and returns the SendAck, and the doorbells to ring after
+// it. Nothing is stored unless every check passed; a SendAck without error
+// is returned only after the store made the envelope durable for every
+// recipient.
+func (r *Relay) finishSend(ctx context.Context, from queue.Device, s *protocol.Send, ps *pendingSend, start time.Time) (*protocol.SendAck, *doorbells) {
+	ack, bells := r.doSend(ctx, from, s, ps)
 	r.m.sendSeconds.Observe(time.Since(start).Seconds())
 	switch {
 	case ack.Error != nil:
@@ -118,21 +149,23 @@ func (r *Relay) finishSend(ctx context.Context, from queue.Device, s *protocol.S
 		r.m.rejected.WithLabelValues(ack.Error.Code.String()).Inc()
 	case s.Ephemeral:
 		r.m.sends.WithLabelValues("ephemeral").Inc()
+	case bells != nil && bells.duplicate:
+		r.m.sends.WithLabelValues("duplicate").Inc()
 	default:
 		r.m.sends.WithLabelValues("ok").Inc()
 	}
-	return ack
+	return ack, bells
 }
 
-func (r *Relay) doSend(ctx context.Context, from queue.Device, s *protocol.Send, ps *pendingSend) *protocol.SendAck {
+func (r *Relay) doSend(ctx context.Context, from queue.Device, s *protocol.Send, ps *pendingSend) (*protocol.SendAck, *doorbells) {
 	if e := r.checkRecipients(ctx, from, s.Recipients); e != nil {
 		if ps != nil {
 			r.abandon(ps)
 		}
-		return &protocol.SendAck{ClientId: s.ClientId, Error: e}
+		return &protocol.SendAck{ClientId: s.ClientId, Error: e}, nil
 	}
 	if ps == nil {
-		return r.sendEphemeral(ctx, from, s)
+		return r.sendEphemeral(ctx, from, s), nil
 	}
 	put := &ps.put
 	now := r.cfg.Now().Truncate(time.Millisecond)
@@ -147,16 +180,23 @@ func (r *Relay) doSend(ctx context.Context, from queue.Device, s *protocol.Send,
 		r.seq.end(ps.seq)
 	}
 	if err != nil {
-		return &protocol.SendAck{ClientId: s.ClientId, Error: r.putError(from, err)}
+		return &protocol.SendAck{ClientId: s.ClientId, Error: r.putError(from, err)}, nil
+	}
+	bells := &doorbells{
+		devices:   make([]queue.Device, len(put.Recipients)),
+		isLocal:   make([]bool, len(put.Recipients)),
+		serverID:  res.ServerID,
+		duplicate: res.Duplicate,
+	}
+	for i := range put.Recipients {
+		bells.devices[i] = put.Recipients[i].Device
 	}
 	if !res.Duplicate {
-		isLocal := make([]bool, len(put.Recipients))
 		for _, l := range ps.local {
-			isLocal[l.i] = true
+			bells.isLocal[l.i] = true
 		}
-		r.ring(ctx, put, isLocal)
 	}
-	return &protocol.SendAck{ClientId: s.ClientId, ServerId: res.ServerID, ServerTimeMs: res.ServerTime.UnixMilli()}
+	return &protocol.SendAck{ClientId: s.ClientId, ServerId: res.ServerID, ServerTimeMs: res.ServerTime.UnixMilli()}, bells
 }
 
 // abandon withdraws a Put that will not be stored under its id.
@@ -184,32 +224,67 @@ func envelopeFor(put *queue.Put, i int) *protocol.Envelope {
 	return env
 }
 
-// ring rings the doorbells of the recipients not connected here and
-// pushes to those connected nowhere.
-func (r *Relay) ring(ctx context.Context, put *queue.Put, isLocal []bool) {
+// ringTimeout bounds ringing one stored Send's doorbells.
+const ringTimeout = 5 * time.Second
+
+// ring rings the doorbells of a stored Send's recipients that are not
+// served from memory here, and pushes to those connected nowhere. When
+// the router fails (Redis down) every recipient it could not ring is
+// pushed instead: its own relay, if it has one, finds the envelope by
+// polling its queue (see routing), and a device connected nowhere must not
+// miss its push because of an outage. The failure is logged once per
+// outage and counted in hush_doorbell_failures_total.
+func (r *Relay) ring(b *doorbells) {
 	var bells []routing.Bell
-	for i := range put.Recipients {
-		if !isLocal[i] {
-			bells = append(bells, routing.Bell{Device: put.Recipients[i].Device, ServerID: put.ServerID})
+	for i, dev := range b.devices {
+		if b.isLocal[i] {
+			continue
 		}
+		if b.duplicate {
+			if c := r.local(dev); c != nil {
+				c.bell(b.serverID)
+				continue
+			}
+		}
+		bells = append(bells, routing.Bell{Device: dev, ServerID: b.serverID})
 	}
 	if len(bells) == 0 {
 		return
 	}
+	ctx, cancel := context.WithTimeout(r.ctx, ringTimeout)
 	attached, err := r.router.Ring(ctx, bells)
+	cancel()
 	if err != nil {
-		// The envelope is stored; the device's relay finds it on its next
-		// fetch (doorbells are only a fast path).
-		r.log.Warn("doorbell failed", "err", err)
+		r.ringFailed(err)
+		if r.push != nil {
+			for _, bl := range bells {
+				r.push.Notify(bl.Device)
+			}
+		}
 		return
 	}
+	r.ringWorked()
 	if r.push == nil {
 		return
 	}
-	for i, b := range bells {
+	for i, bl := range bells {
 		if !attached[i] {
-			r.push.Notify(b.Device)
+			r.push.Notify(bl.Device)
 		}
+	}
+}
+
+// ringFailed counts a failed Ring and logs the first of an outage.
+func (r *Relay) ringFailed(err error) {
+	r.m.ringFailures.Inc()
+	if r.ringFailing.CompareAndSwap(false, true) {
+		r.log.Warn("doorbells failing: recipients on other relays get their envelopes by polling, offline ones are pushed; logged once until doorbells work again", "err", err)
+	}
+}
+
+func (r *Relay) ringWorked() {
+	if r.ringFailing.CompareAndSwap(true, false) {
+		r.log.Info("doorbells work again")
 	}
 }
 
@@ -232,7 +307,11 @@ func (r *Relay) putError(from queue.Device, err error) *protocol.Error {
 // sendEphemeral hands an envelope to the recipients online now and stores
 // nothing.
 func (r *Relay) sendEphemeral(ctx context.Context, from queue.Device, s *protocol.Send) *protocol.SendAck {
-	id := r.seq.ephemeral()
+	id, err := r.seq.ephemeral()
+	if err != nil {
+		return &protocol.SendAck{ClientId: s.ClientId, Error: &protocol.Error{
+			Code: protocol.ErrorCode_CODE_UNAVAILABLE, Message: "this relay cannot assign message ids right now; retry later", RetryAfterMs: 1000}}
+	}
 	now := r.cfg.Now()
 	var delivered uint32
 	var bells []routing.Bell
@@ -255,7 +334,11 @@ func (r *Relay) sendEphemeral(ctx context.Context, from queue.Device, s *protoco
 	}
 	if len(bells) > 0 {
 		attached, err := r.router.Ring(ctx, bells)
-		if err == nil {
+		if err != nil {
+			// Ephemeral envelopes are never promised: only count it.
+			r.ringFailed(err)
+		} else {
+			r.ringWorked()
 			for _, a := range attached {
 				if a {
 					delivered++

@@ -3,8 +3,11 @@ package server
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/bwmarrin/snowflake"
+
+	"github.com/hushchat/hush/server/nodeid"
 )
 
 // sequencer assigns server ids and knows which of them are still being
@@ -18,8 +21,24 @@ import (
 //     it in the hub, and every earlier one is awaited (doneUpTo) before the
 //     connection reports QueueEmpty, so a Put that was in flight when the
 //     device connected can never slip behind its drain.
+//
+// Ids are Snowflake ids in bwmarrin/snowflake's layout (41 bits of
+// milliseconds since snowflake.Epoch, NodeBits of node id, StepBits of
+// sequence), composed here rather than by snowflake.Node.Generate for two
+// reasons: the time comes from the relay's clock (Config.Now), and an id is
+// never allowed to go backwards. When the clock stands still or steps back,
+// or 4,096 ids are minted in one millisecond, the next id takes the last
+// one's time and sequence + 1, and a full sequence moves on to the next
+// millisecond — borrowing from the future — so the node bits are never
+// touched and two relays with different node ids can never mint the same id.
+//
+// Ids for stored envelopes are minted only while the node-id provider says
+// the id is ours (nodeid.Provider.Valid): a relay whose Redis lease lapsed
+// refuses Sends (retryably) instead of risking a duplicate id.
 type sequencer struct {
-	node *snowflake.Node
+	ids  nodeid.Provider
+	node uint64 // ids.ID() shifted into place
+	now  func() time.Time
 
 	mu       sync.Mutex
 	last     uint64
@@ -37,40 +56,73 @@ type horizonWaiter struct {
 	fn   func()
 }
 
-func newSequencer(nodeID int64) (*sequencer, error) {
-	n, err := snowflake.NewNode(nodeID)
-	if err != nil {
-		return nil, fmt.Errorf("snowflake node %d: %w", nodeID, err)
+// Snowflake layout (bwmarrin/snowflake's defaults).
+var (
+	seqStepBits  = uint(snowflake.StepBits)
+	seqTimeShift = uint(snowflake.NodeBits) + uint(snowflake.StepBits)
+	seqStepMask  = uint64(1)<<seqStepBits - 1
+)
+
+func newSequencer(ids nodeid.Provider, now func() time.Time) (*sequencer, error) {
+	id := ids.ID()
+	if id < 0 || id > nodeid.MaxID {
+		return nil, fmt.Errorf("snowflake node %d outside 0–%d", id, nodeid.MaxID)
 	}
-	return &sequencer{node: n}, nil
+	return &sequencer{ids: ids, node: uint64(id) << seqStepBits, now: now}, nil
 }
 
-// nextLocked returns a fresh id, strictly above every earlier one.
+// idTime returns the time encoded in a server id.
+func idTime(id uint64) time.Time {
+	return time.UnixMilli(int64(id>>seqTimeShift) + snowflake.Epoch)
+}
+
+// nextLocked returns a fresh id, strictly above every earlier one, with
+// this node's bits (see the type's doc).
 func (s *sequencer) nextLocked() uint64 {
-	id := uint64(s.node.Generate().Int64())
+	ms := s.now().UnixMilli() - snowflake.Epoch
+	if ms < 0 {
+		ms = 0
+	}
+	id := uint64(ms)<<seqTimeShift | s.node
 	if id <= s.last {
-		id = s.last + 1 // never reorder, even if the clock misbehaves
+		// Same millisecond, or the clock stepped back: continue from the
+		// last id, carrying a full sequence into the time field.
+		t, step := s.last>>seqTimeShift, s.last&seqStepMask
+		if step == seqStepMask {
+			t, step = t+1, 0
+		} else {
+			step++
+		}
+		id = t<<seqTimeShift | s.node | step
 	}
 	s.last = id
 	return id
 }
 
 // begin assigns an id for a Put and calls register(id) inside the critical
-// section (see the type's doc). The Put must be finished with end.
-func (s *sequencer) begin(register func(id uint64)) *inflightID {
+// section (see the type's doc). The Put must be finished with end. It
+// fails, assigning nothing, while the node id may not be used.
+func (s *sequencer) begin(register func(id uint64)) (*inflightID, error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.ids.Valid(); err != nil {
+		return nil, err
+	}
 	e := &inflightID{id: s.nextLocked()}
 	s.inflight = append(s.inflight, e)
 	register(e.id)
-	s.mu.Unlock()
-	return e
+	return e, nil
 }
 
-// ephemeral assigns an id that is never stored.
-func (s *sequencer) ephemeral() uint64 {
+// ephemeral assigns an id that is never stored (it too needs a valid node
+// id: clients may use it to tell envelopes apart).
+func (s *sequencer) ephemeral() (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.nextLocked()
+	if err := s.ids.Valid(); err != nil {
+		return 0, err
+	}
+	return s.nextLocked(), nil
 }
 
 // attach runs fn inside the critical section and returns the drain horizon:
@@ -120,11 +172,15 @@ func (s *sequencer) doneUpToLocked(id uint64) bool {
 	return len(s.inflight) == 0 || s.inflight[0].id > id
 }
 
-// doneUpTo reports whether every Put with an id ≤ id has finished.
-func (s *sequencer) doneUpTo(id uint64) bool {
+// lowestInflight returns the lowest id ≤ upTo whose Put has not finished,
+// or 0 when every Put with an id ≤ upTo has.
+func (s *sequencer) lowestInflight(upTo uint64) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.doneUpToLocked(id)
+	if len(s.inflight) > 0 && s.inflight[0].id <= upTo {
+		return s.inflight[0].id
+	}
+	return 0
 }
 
 // waitDone calls fn (outside any lock) once every Put with an id ≤ id has
