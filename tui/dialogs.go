@@ -646,10 +646,11 @@ func (f *registerForm) update(m *Model, msg tea.Msg) tea.Cmd {
 }
 
 func (f *registerForm) view(m *Model, w, h int) []string {
-	body := []string{
-		" This profile has no account yet. Register one on a hush server.",
-		"",
+	var body []string
+	for _, l := range wrap("This profile has no account yet. Register one on a hush server.", max(10, w-2)) {
+		body = append(body, " "+l)
 	}
+	body = append(body, "")
 	labels := []string{"Server URL", "User name"}
 	for i, fl := range f.fields {
 		l := " " + labels[i]
