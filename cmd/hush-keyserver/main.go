@@ -29,6 +29,8 @@ import (
 
 	"github.com/hushchat/hush/keyserver"
 	"github.com/hushchat/hush/keyserver/ratelimit"
+	"github.com/hushchat/hush/keyserver/ratelimit/redislimit"
+	"github.com/hushchat/hush/server/routing/redisroute"
 )
 
 func main() {
@@ -81,6 +83,7 @@ func (e *env) int(name string, def int) int {
 
 type options struct {
 	listen, store, signingKey, inviteCode, internalSecret, replication, logLevel, logFormat string
+	redis, redisPrefix, redisUsername, redisPassword                                        string
 	tokenTTL, challengeTTL, bundleWindow, anonWindow, spkGrace, shutdownGrace               time.Duration
 	bundleBurst, anonBurst, maxPreKeys, lowPreKeys                                          int
 }
@@ -88,7 +91,7 @@ type options struct {
 // secretEnv names the environment variables of flags whose values are
 // secrets: they are read after parsing, so --help never prints them as a
 // default.
-var secretEnv = map[string]string{"invite-code": "HUSH_INVITE_CODE", "internal-secret": "HUSH_INTERNAL_SECRET"}
+var secretEnv = map[string]string{"invite-code": "HUSH_INVITE_CODE", "internal-secret": "HUSH_INTERNAL_SECRET", "redis-password": "HUSH_REDIS_PASSWORD"}
 
 func newFlagSet(o *options, e *env, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("hush-keyserver", flag.ContinueOnError)
@@ -123,6 +126,14 @@ func newFlagSet(o *options, e *env, stderr io.Writer) *flag.FlagSet {
 		"a fetch leaving a device with fewer one-time prekeys counts in hush_keyserver_prekeys_low_total (env HUSH_KEYSERVER_LOW_PREKEYS)")
 	fs.StringVar(&o.replication, "cassandra-replication", e.str("HUSH_KEYSERVER_CASSANDRA_REPLICATION", ""),
 		"CQL replication map used if the Cassandra keyspace must be created, e.g.\n\"{'class': 'NetworkTopologyStrategy', 'dc1': 3}\"; default SimpleStrategy with 1 replica (env HUSH_KEYSERVER_CASSANDRA_REPLICATION)")
+	fs.StringVar(&o.redis, "redis", e.str("HUSH_REDIS", ""),
+		"Redis for the bundle and anonymous rate limits, shared by every key server: host:port, or\nhost:port,host:port for a Redis Cluster; empty: limits in this process only (env HUSH_REDIS)")
+	fs.StringVar(&o.redisPrefix, "redis-prefix", e.str("HUSH_REDIS_PREFIX", "hush:"),
+		"prefix of every Redis key; the same for all key servers and relays of a deployment (env HUSH_REDIS_PREFIX)")
+	fs.StringVar(&o.redisUsername, "redis-username", e.str("HUSH_REDIS_USERNAME", ""),
+		"Redis ACL user name; empty: the default user (env HUSH_REDIS_USERNAME)")
+	fs.StringVar(&o.redisPassword, "redis-password", "",
+		"Redis password (requirepass or ACL). Prefer the env var: flags are visible in ps (env HUSH_REDIS_PASSWORD)")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", e.dur("HUSH_KEYSERVER_SHUTDOWN_GRACE", 15*time.Second),
 		"on SIGINT/SIGTERM, how long in-flight requests may finish (env HUSH_KEYSERVER_SHUTDOWN_GRACE)")
 	fs.StringVar(&o.logLevel, "log-level", e.str("HUSH_LOG_LEVEL", "info"), "debug, info, warn or error (env HUSH_LOG_LEVEL)")
@@ -207,6 +218,33 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- stri
 	}
 	defer st.Close()
 
+	bundleRate := ratelimit.Rate{Burst: o.bundleBurst, Per: o.bundleWindow}
+	anonRate := ratelimit.Rate{Burst: o.anonBurst, Per: o.anonWindow}
+	var bundleLimiter, anonLimiter ratelimit.Limiter
+	if o.redis != "" {
+		addrs, err := redisroute.ParseAddrs(o.redis)
+		if err != nil {
+			return fmt.Errorf("--redis: %w", err)
+		}
+		rdb, err := redisroute.NewClient(addrs, redisroute.ClientOptions{Username: o.redisUsername, Password: o.redisPassword})
+		if err != nil {
+			return fmt.Errorf("redis: %w", err)
+		}
+		defer rdb.Close()
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = rdb.Ping(pctx).Err()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("redis %v: %w", addrs, err)
+		}
+		if bundleLimiter, err = redislimit.New(rdb, redislimit.Options{Prefix: o.redisPrefix, Name: "bundle", Rate: bundleRate}); err != nil {
+			return fmt.Errorf("bundle limiter: %w", err)
+		}
+		if anonLimiter, err = redislimit.New(rdb, redislimit.Options{Prefix: o.redisPrefix, Name: "anon", Rate: anonRate}); err != nil {
+			return fmt.Errorf("anonymous-call limiter: %w", err)
+		}
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ks, err := keyserver.New(keyserver.Config{
@@ -215,8 +253,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- stri
 		ChallengeTTL:      o.challengeTTL,
 		InviteCode:        o.inviteCode,
 		InternalSecret:    o.internalSecret,
-		BundleRate:        ratelimit.Rate{Burst: o.bundleBurst, Per: o.bundleWindow},
-		AnonRate:          ratelimit.Rate{Burst: o.anonBurst, Per: o.anonWindow},
+		BundleRate:        bundleRate,
+		AnonRate:          anonRate,
+		BundleLimiter:     bundleLimiter,
+		AnonLimiter:       anonLimiter,
 		SignedPreKeyGrace: o.spkGrace,
 		MaxStoredPreKeys:  o.maxPreKeys,
 		LowPreKeys:        o.lowPreKeys,
@@ -259,7 +299,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- stri
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	log.Info("hush-keyserver listening", "addr", ln.Addr().String(), "store", spec.Kind,
+	log.Info("hush-keyserver listening", "addr", ln.Addr().String(), "store", spec.Kind, "shared_limits", o.redis != "",
 		"open_registration", o.inviteCode == "", "internal_api", o.internalSecret != "")
 	if ready != nil {
 		ready <- ln.Addr().String()

@@ -1,11 +1,18 @@
 // Command hush-relay runs hush's blind relay on its own, next to a
 // separate hush-keyserver: it verifies tokens with the key server's public
 // key (fetched at start, or given with --keyserver-key) and asks the key
-// server's internal endpoint for device lists.
+// server's internal endpoint for device lists. Alone it keeps its queues in
+// SQLite under --data; with --cassandra and --redis it is one node of a
+// scaled-out deployment (docs/deploy.md).
 //
 // Every flag falls back to the environment variable named in --help; a
 // flag on the command line wins. This file only parses flags; the wiring is
 // server/app.StartRelay.
+//
+// For tests of clock skew between relays only, the environment variable
+// HUSH_TESTING_CLOCK_OFFSET (a Go duration, e.g. -3s) shifts this relay's
+// clock: server ids, server times, expiry and presence. It has no flag on
+// purpose and is logged loudly when set; never set it in production.
 package main
 
 import (
@@ -20,18 +27,24 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/gocql/gocql"
+
 	"github.com/hushchat/hush/server"
 	"github.com/hushchat/hush/server/app"
+	"github.com/hushchat/hush/server/nodeid"
 	"github.com/hushchat/hush/server/queue"
+	"github.com/hushchat/hush/server/queue/cassandra"
+	"github.com/hushchat/hush/server/routing/redisroute"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
@@ -86,10 +99,12 @@ func (e *env) bool(name string, def bool) bool {
 }
 
 type options struct {
-	cfg                 app.RelayConfig
-	nodeID              int
-	key                 string
-	logLevel, logFormat string
+	cfg                           app.RelayConfig
+	nodeID                        string
+	key                           string
+	redis, cassandra, consistency string
+	printSchema                   bool
+	logLevel, logFormat           string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -110,8 +125,31 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		"the key server's Ed25519 token key, base64 (as served at /v1/server-key); empty means\nfetch it from --keyserver at start — do that only over a channel you trust (env HUSH_KEYSERVER_KEY)")
 	fs.DurationVar(&c.DirectoryTTL, "directory-ttl", e.dur("HUSH_DIRECTORY_TTL", 10*time.Second),
 		"how long a device list is cached; bounds how long a removed device may still connect (env HUSH_DIRECTORY_TTL)")
-	fs.IntVar(&o.nodeID, "node-id", e.int("HUSH_NODE_ID", 0),
-		"Snowflake node id 0–1023 for server ids; unique per relay sharing a queue store (env HUSH_NODE_ID)")
+	fs.StringVar(&o.nodeID, "node-id", e.str("HUSH_NODE_ID", "0"),
+		"Snowflake node id for server ids: a number 0–1023, unique per relay sharing a queue store,\nor auto to lease a free one from --redis (env HUSH_NODE_ID)")
+	fs.DurationVar(&c.Cluster.NodeIDLease, "node-id-lease", e.dur("HUSH_NODE_ID_LEASE", nodeid.DefaultLease),
+		"with --node-id auto: how long a lease lets the relay mint ids without reaching Redis (a longer\nRedis outage suspends sends), and how long a crashed relay's id stays blocked (env HUSH_NODE_ID_LEASE)")
+	fs.StringVar(&o.redis, "redis", e.str("HUSH_REDIS", ""),
+		"Redis for routing between relays, presence, media rate limits and --node-id auto: host:port,\nor several host:port,host:port for a Redis Cluster; empty: this relay alone (env HUSH_REDIS)")
+	fs.StringVar(&c.Cluster.RedisPrefix, "redis-prefix", e.str("HUSH_REDIS_PREFIX", app.DefaultRedisPrefix),
+		"prefix of every Redis key and channel; the same for all relays and key servers of a deployment (env HUSH_REDIS_PREFIX)")
+	fs.StringVar(&c.Cluster.RedisUsername, "redis-username", e.str("HUSH_REDIS_USERNAME", ""),
+		"Redis ACL user name; empty: the default user (env HUSH_REDIS_USERNAME)")
+	fs.StringVar(&c.Cluster.RedisPassword, "redis-password", "",
+		"Redis password (requirepass or ACL). Prefer the env var: flags are visible in ps (env HUSH_REDIS_PASSWORD)")
+	fs.StringVar(&o.cassandra, "cassandra", e.str("HUSH_CASSANDRA", ""),
+		"Cassandra contact points host[:port],host[:port] for the shared queues and push endpoints;\nempty: SQLite under --data (env HUSH_CASSANDRA)")
+	fs.StringVar(&c.Cluster.Keyspace, "keyspace", e.str("HUSH_KEYSPACE", "hush"),
+		"Cassandra keyspace of the relay's tables (queue_*, push_endpoints); may be the key server's (env HUSH_KEYSPACE)")
+	fs.StringVar(&o.consistency, "consistency", e.str("HUSH_CONSISTENCY", "LOCAL_QUORUM"),
+		"Cassandra consistency of reads and writes: LOCAL_QUORUM, QUORUM, EACH_QUORUM, ALL, ONE… (env HUSH_CONSISTENCY)")
+	fs.StringVar(&c.Cluster.LocalDC, "cassandra-local-dc", e.str("HUSH_CASSANDRA_LOCAL_DC", ""),
+		"keep Cassandra requests in this data centre (DC-aware routing); empty: any (env HUSH_CASSANDRA_LOCAL_DC)")
+	fs.StringVar(&c.Cluster.Replication, "cassandra-replication", e.str("HUSH_CASSANDRA_REPLICATION", ""),
+		"if set, create the keyspace when missing with this CQL replication map, e.g.\n\"{'class': 'NetworkTopologyStrategy', 'dc1': 3}\"; empty: the keyspace must exist (env HUSH_CASSANDRA_REPLICATION)")
+	fs.BoolVar(&o.printSchema, "print-schema", false,
+		"print the CQL of the relay's Cassandra tables (run it in the keyspace) and exit; no other flag is needed")
+	finishMedia := app.MediaFlags(fs, &c.Relay.Media)
 	fs.DurationVar(&c.Relay.TTL, "ttl", e.dur("HUSH_TTL", server.DefaultTTL),
 		"how long an envelope waits for its recipient's ack before it is deleted (env HUSH_TTL)")
 	fs.IntVar(&c.Relay.MaxQueue, "max-queue", e.int("HUSH_MAX_QUEUE", queue.DefaultMaxDepth),
@@ -129,10 +167,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: hush-relay [flags]
 
-Runs hush's blind relay alone (WebSocket at /v1/ws, /healthz, /readyz,
-Prometheus /metrics) next to a separate hush-keyserver started with
---internal-secret. Envelopes are stored under --data until acknowledged.
-SIGINT or SIGTERM shuts down gracefully.
+Runs hush's blind relay (WebSocket at /v1/ws, media under /v1/media/,
+/healthz, /readyz, Prometheus /metrics) next to a separate hush-keyserver
+started with --internal-secret. Alone it stores envelopes under --data until
+acknowledged; with --cassandra and --redis several relays behind one load
+balancer share queues, routing, presence and limits (docs/deploy.md).
+SIGINT or SIGTERM shuts down gracefully: clients are told to reconnect
+elsewhere. A relay whose leased node id is taken by another exits with 1.
 Every flag falls back to the environment variable named with it.
 
 Flags:
@@ -146,6 +187,12 @@ Flags:
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if v, ok := os.LookupEnv("HUSH_INTERNAL_SECRET"); ok && !set["internal-secret"] {
 		c.InternalSecret = v
+	}
+	if v, ok := os.LookupEnv("HUSH_REDIS_PASSWORD"); ok && !set["redis-password"] {
+		c.Cluster.RedisPassword = v
+	}
+	if o.printSchema {
+		return o, nil
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
@@ -163,7 +210,47 @@ Flags:
 	if c.InternalSecret == "" {
 		return o, errors.New("--internal-secret (or HUSH_INTERNAL_SECRET) is required")
 	}
-	c.Relay.NodeID = int64(o.nodeID)
+	if err := finishMedia(); err != nil {
+		return o, err
+	}
+	if o.nodeID == "auto" {
+		c.Cluster.NodeIDAuto = true
+	} else {
+		n, err := strconv.Atoi(o.nodeID)
+		if err != nil || n < 0 || n > nodeid.MaxID {
+			return o, fmt.Errorf("--node-id %q: want auto or a number 0–%d", o.nodeID, nodeid.MaxID)
+		}
+		c.Relay.NodeID = int64(n)
+	}
+	var err error
+	if o.redis != "" {
+		if c.Cluster.Redis, err = redisroute.ParseAddrs(o.redis); err != nil {
+			return o, fmt.Errorf("--redis: %w", err)
+		}
+	}
+	if c.Cluster.NodeIDAuto && len(c.Cluster.Redis) == 0 {
+		return o, errors.New("--node-id auto needs --redis")
+	}
+	if o.cassandra != "" {
+		for _, h := range strings.Split(o.cassandra, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				c.Cluster.Cassandra = append(c.Cluster.Cassandra, h)
+			}
+		}
+		if c.Cluster.Keyspace == "" {
+			return o, errors.New("--cassandra needs --keyspace")
+		}
+	}
+	if c.Cluster.Consistency, err = gocql.ParseConsistencyWrapper(strings.ToUpper(o.consistency)); err != nil || c.Cluster.Consistency == gocql.Any {
+		return o, fmt.Errorf("--consistency %q: want a consistency level such as LOCAL_QUORUM", o.consistency)
+	}
+	if v, ok := os.LookupEnv("HUSH_TESTING_CLOCK_OFFSET"); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return o, fmt.Errorf("HUSH_TESTING_CLOCK_OFFSET=%q: %w", v, err)
+		}
+		c.Relay.ClockOffset = d
+	}
 	return o, nil
 }
 
@@ -182,13 +269,21 @@ func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer) error {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
 	}
+	if o.printSchema {
+		_, err := fmt.Fprintf(stdout, "-- hush-relay tables (queue schema version %d); run in the relay's keyspace\n%s\n\n%s\n",
+			cassandra.SchemaVersion, strings.TrimSpace(cassandra.Schema()), app.PushSchema)
+		return err
+	}
 	if o.cfg.Logger, err = newLogger(o.logLevel, o.logFormat, stderr); err != nil {
 		return err
+	}
+	if o.cfg.Relay.ClockOffset != 0 {
+		o.cfg.Logger.Warn("HUSH_TESTING_CLOCK_OFFSET is set: this relay's clock is shifted, for skew tests only", "offset", o.cfg.Relay.ClockOffset)
 	}
 	a, err := app.StartRelay(ctx, o.cfg)
 	if err != nil {

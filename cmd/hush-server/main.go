@@ -129,14 +129,17 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		"window of --bundle-rate (env HUSH_BUNDLE_RATE_WINDOW)")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", e.dur("HUSH_SHUTDOWN_GRACE", 15*time.Second),
 		"on SIGINT/SIGTERM, how long clients and in-flight sends get to finish (env HUSH_SHUTDOWN_GRACE)")
+	finishMedia := app.MediaFlags(fs, &c.Relay.Media)
 	fs.StringVar(&o.logLevel, "log-level", e.str("HUSH_LOG_LEVEL", "info"), "debug, info, warn or error (env HUSH_LOG_LEVEL)")
 	fs.StringVar(&o.logFormat, "log-format", e.str("HUSH_LOG_FORMAT", "text"), "text or json (env HUSH_LOG_FORMAT)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: hush-server [flags]
 
 Runs hush in one process: the key server (accounts, devices, prekeys, auth
-tokens; HTTP JSON under /v1/) and the blind relay (WebSocket at /v1/ws), on
-one address, with embedded stores under --data. Also serves /healthz,
+tokens; HTTP JSON under /v1/), the blind relay (WebSocket at /v1/ws) and
+its media service (attachment upload slots and download URLs under
+/v1/media/), on one address, with embedded stores under --data (media on
+disk there, or in S3 with --media s3). Also serves /healthz,
 /readyz and Prometheus /metrics. SIGINT or SIGTERM shuts down gracefully:
 clients are told to reconnect and in-flight sends are finished.
 Every flag falls back to the environment variable named with it.
@@ -158,6 +161,9 @@ Flags:
 	}
 	if len(e.errs) > 0 {
 		return o, errors.Join(e.errs...)
+	}
+	if err := finishMedia(); err != nil {
+		return o, err
 	}
 	c.Relay.NodeID = int64(o.nodeID)
 	c.AnonRate = ratelimit.Rate{Burst: o.anonBurst, Per: o.anonWindow}

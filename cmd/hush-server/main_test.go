@@ -18,7 +18,8 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	help := out.String()
 	for _, name := range []string{"listen", "data", "node-id", "ttl", "max-queue", "sweep-interval", "ping-interval",
 		"allow-private-push", "invite-code", "token-ttl", "anon-rate", "anon-rate-window", "bundle-rate",
-		"bundle-rate-window", "shutdown-grace", "log-level", "log-format"} {
+		"bundle-rate-window", "shutdown-grace", "log-level", "log-format", "media", "media-dir", "media-public-url",
+		"max-upload", "media-quota", "media-retention", "s3-bucket", "s3-prefix", "s3-region", "s3-endpoint", "s3-path-style"} {
 		i := strings.Index(help, "  -"+name+" ")
 		if i < 0 {
 			i = strings.Index(help, "  -"+name+"\n")
@@ -31,8 +32,8 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 			t.Errorf("-%s has no env variable in --help", name)
 		}
 	}
-	if strings.Count(help, "(env HUSH_") != 17 {
-		t.Errorf("--help names %d env variables, want one per flag (17)", strings.Count(help, "(env HUSH_"))
+	if strings.Count(help, "(env HUSH_") != 28 {
+		t.Errorf("--help names %d env variables, want one per flag (28)", strings.Count(help, "(env HUSH_"))
 	}
 }
 
@@ -67,5 +68,33 @@ func TestFlagsAndEnv(t *testing.T) {
 	}
 	if _, err := parseFlags([]string{"extra"}, io.Discard); err == nil {
 		t.Fatal("positional argument accepted")
+	}
+}
+
+func TestMediaFlags(t *testing.T) {
+	o, err := parseFlags(nil, io.Discard)
+	if err != nil || o.cfg.Relay.Media.Kind != "disk" || o.cfg.Relay.Media.MaxUpload != 100<<20 ||
+		o.cfg.Relay.Media.QuotaBytes != 2<<30 || o.cfg.Relay.Media.Retention != 720*time.Hour {
+		t.Fatalf("media defaults: %+v, %v", o.cfg.Relay.Media, err)
+	}
+	t.Setenv("HUSH_MAX_UPLOAD", "5MiB")
+	t.Setenv("HUSH_S3_ENDPOINT", "http://127.0.0.1:7070")
+	o, err = parseFlags([]string{"--media", "s3", "--s3-bucket", "b", "--s3-path-style", "--media-quota", "1G"}, io.Discard)
+	m := o.cfg.Relay.Media
+	if err != nil || m.Kind != "s3" || m.S3.Bucket != "b" || !m.S3.PathStyle || m.S3.Endpoint != "http://127.0.0.1:7070" ||
+		m.MaxUpload != 5<<20 || m.QuotaBytes != 1e9 {
+		t.Fatalf("media flags: %+v, %v", m, err)
+	}
+	for _, bad := range [][]string{
+		{"--media", "s3"},                  // no bucket
+		{"--media", "tape"},                // unknown backend
+		{"--max-upload", "lots"},           // not a size
+		{"--media-quota", "1MiB"},          // below the upload limit
+		{"--media-retention", "-1h"},       // negative
+		{"--max-upload", "99999999999GiB"}, // overflows
+	} {
+		if _, err := parseFlags(bad, io.Discard); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
 	}
 }

@@ -20,8 +20,8 @@ import (
 type AllInOneConfig struct {
 	// Listen is the HTTP address (default 127.0.0.1:8080).
 	Listen string
-	// DataDir holds keys.db, queue.db, push.db and signing.key; created
-	// with mode 0700.
+	// DataDir holds keys.db, queue.db, push.db, signing.key and the disk
+	// media backend's directory media/; created with mode 0700.
 	DataDir string
 	Relay   RelayOptions
 
@@ -85,7 +85,7 @@ func StartAllInOne(ctx context.Context, cfg AllInOneConfig) (*App, error) {
 		return nil, err
 	}
 
-	qs, notifier, err := openRelayStores(a, cfg.DataDir, cfg.Relay, log)
+	qs, notifier, err := openRelayStores(ctx, a, cfg.DataDir, cfg.Relay, ClusterOptions{}, log)
 	if err != nil {
 		return nil, err
 	}
@@ -117,6 +117,12 @@ func StartAllInOne(ctx context.Context, cfg AllInOneConfig) (*App, error) {
 
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", ks.Handler())
+	if err := openMedia(ctx, a, cfg.Relay.Media, cfg.DataDir, ks.PublicKey(), dir, nil, "", log, mux); err != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		a.relay.Shutdown(sctx)
+		cancel()
+		return nil, err
+	}
 	if err := a.serve(cfg.Listen, mux, ks.Ready); err != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		a.relay.Shutdown(sctx)

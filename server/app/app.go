@@ -8,13 +8,23 @@
 //     server and invalidated by its device-change notifications;
 //   - StartRelay is hush-relay: the relay alone, asking a separate key
 //     server for device lists over its internal HTTP endpoint (cached
-//     briefly) and for its token-verification key at start.
+//     briefly) and for its token-verification key at start. On its own it
+//     keeps its queues in SQLite; with ClusterOptions it is one node of a
+//     scaled-out deployment: queues and push endpoints in Cassandra,
+//     routing, presence, rate limits and its Snowflake node id in Redis.
 //
-// Both serve /healthz (the process is up), /readyz (stores answer and the
-// relay is not shutting down), /metrics (Prometheus, hush_ metrics plus Go
-// and process collectors) and the relay's WebSocket at /v1/ws. Shutdown
-// first stops the relay gracefully (Reconnect to every client, in-flight
-// Sends answered), then the HTTP server, then closes the stores.
+// Both serve /healthz (the process is up), /readyz (stores answer, the node
+// id is valid and the relay is not shutting down; an unhealthy Redis router
+// does not count, since delivery goes on by polling), /metrics (Prometheus,
+// hush_ metrics plus Go and process collectors), the relay's WebSocket at
+// /v1/ws and the media service under /v1/media/ (upload slots and download
+// URLs; the disk backend also serves the signed blob URLs). Shutdown first
+// stops the relay gracefully (Reconnect to every client, in-flight Sends
+// answered), then the HTTP server, then the media sweeper, router,
+// presence and node-id lease, then closes the stores. A relay whose leased
+// node id is lost for good (another node holds it) shuts down the same way
+// and Wait reports ErrNodeIDLost, so the process exits non-zero and its
+// restart leases a fresh id.
 package app
 
 import (
@@ -52,6 +62,12 @@ const (
 
 // RelayOptions are the relay settings both commands share.
 type RelayOptions struct {
+	// Media configures attachments (default: disk under the data
+	// directory).
+	Media MediaOptions
+	// ClockOffset shifts this relay's clock (server ids, server times,
+	// expiry, presence) — for tests of clock skew between relays only.
+	ClockOffset time.Duration
 	// NodeID is the Snowflake node id (0–1023).
 	NodeID int64
 	// TTL of queued envelopes (default 30 days); MaxQueue caps each
@@ -68,6 +84,10 @@ type RelayOptions struct {
 	OnlineWindow time.Duration
 }
 
+// ErrNodeIDLost is returned by Wait when the relay's leased node id was
+// taken by another node: the relay has shut down and must be restarted.
+var ErrNodeIDLost = errors.New("node id lease lost to another relay; restart to lease a new one")
+
 // App is a running server process.
 type App struct {
 	log      *slog.Logger
@@ -78,6 +98,7 @@ type App struct {
 	grace    time.Duration
 	closers  []io.Closer // closed in reverse order after shutdown
 	serveErr chan error
+	lost     <-chan struct{} // the node id is gone for good (nil: never)
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -99,6 +120,9 @@ func (a *App) Wait(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case serveErr = <-a.serveErr:
+	case <-a.lost:
+		a.log.Error("node id lease lost to another relay: shutting down")
+		serveErr = ErrNodeIDLost
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), a.grace)
 	defer cancel()
@@ -163,16 +187,38 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// openRelayStores opens the queue and push-endpoint databases in dir.
-func openRelayStores(a *App, dir string, o RelayOptions, log *slog.Logger) (queue.Store, push.Notifier, error) {
-	q, err := sqlite.Open(filepath.Join(dir, QueueDB), queue.Options{MaxDepth: o.MaxQueue})
-	if err != nil {
-		return nil, nil, err
+// clock returns the relay's clock: time.Now, shifted by ClockOffset.
+func (o RelayOptions) clock() func() time.Time {
+	if o.ClockOffset == 0 {
+		return time.Now
 	}
-	a.closers = append(a.closers, q)
-	eps, err := push.OpenSQLiteEndpoints(filepath.Join(dir, PushDB))
-	if err != nil {
-		return nil, nil, err
+	off := o.ClockOffset
+	return func() time.Time { return time.Now().Add(off) }
+}
+
+// openRelayStores opens the queue and push-endpoint stores: in Cassandra
+// when cl names it, else SQLite databases in dir.
+func openRelayStores(ctx context.Context, a *App, dir string, o RelayOptions, cl ClusterOptions, log *slog.Logger) (queue.Store, push.Notifier, error) {
+	var q queue.Store
+	var eps push.Endpoints
+	var err error
+	if len(cl.Cassandra) > 0 {
+		if q, err = openCassandraQueue(ctx, a, cl, o.MaxQueue, o.clock(), log); err != nil {
+			return nil, nil, err
+		}
+		if eps, err = openCassandraEndpoints(ctx, cl, log); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		sq, err := sqlite.Open(filepath.Join(dir, QueueDB), queue.Options{MaxDepth: o.MaxQueue, Clock: o.clock()})
+		if err != nil {
+			return nil, nil, err
+		}
+		a.closers = append(a.closers, sq)
+		q = sq
+		if eps, err = push.OpenSQLiteEndpoints(filepath.Join(dir, PushDB)); err != nil {
+			return nil, nil, err
+		}
 	}
 	a.closers = append(a.closers, eps)
 	wh := push.NewWebhook(eps, push.WebhookOptions{AllowPrivate: o.AllowPrivatePush, Logger: log, Registerer: a.reg})
@@ -227,5 +273,6 @@ func (o RelayOptions) relayConfig() server.Config {
 		SweepInterval: o.SweepInterval,
 		PingInterval:  o.PingInterval,
 		OnlineWindow:  o.OnlineWindow,
+		Now:           o.clock(),
 	}
 }
