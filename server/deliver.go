@@ -54,8 +54,12 @@ import (
 // unacked" — plus the ids acked while that fetch was reading, which the
 // fetch may still have seen (ackedDuring). A bell without an id (the
 // router's fallback polling during a Redis outage, and its catch-up ring
-// after one) rescans the whole queue, since bells may have been lost. Late
-// envelopes are counted in hush_late_deliveries_total. Across relays,
+// after one) rescans the whole queue, since bells may have been lost. The
+// same can happen to this relay's own ids: one assigned after a fetch moved
+// the cursor past it is delivered from memory as soon as it is stored (or,
+// when the memory bound leaves it to the queue, by a rescan); pending
+// entries leave the list only when delivered, never for being below the
+// cursor. Late envelopes are counted in hush_late_deliveries_total. Across relays,
 // server ids order only as well as the relays' clocks agree, which is why
 // clients order a conversation by the sender's counter inside the
 // ciphertext.
@@ -124,6 +128,11 @@ func (c *conn) commitPending(id uint64, env *protocol.Envelope) {
 		e.state = dropped
 		c.fetchNeeded = true
 		c.fetchGen++
+		if id <= c.cursor {
+			// A fetch moved the cursor past it (another relay's higher
+			// ids): only a rescan finds it in the queue.
+			c.startRescanLocked(id - 1)
+		}
 	} else {
 		e.state, e.env, e.size = committed, env, size
 		c.pendingBytes += size
@@ -168,9 +177,7 @@ func (c *conn) bell(id uint64) {
 		if id > 0 {
 			after = id - 1
 		}
-		if !c.rescan || after < c.rescanAfter {
-			c.rescan, c.rescanAfter = true, after
-		}
+		c.startRescanLocked(after)
 	}
 	c.fetchNeeded = true
 	c.fetchGen++
@@ -178,15 +185,46 @@ func (c *conn) bell(id uint64) {
 	c.kick()
 }
 
-// prunePendingLocked drops entries at or below the cursor (delivered by a
-// fetch) from the front of pending.
-func (c *conn) prunePendingLocked() {
-	n := 0
-	for n < len(c.pending) && c.pending[n].id <= c.cursor && c.pending[n].state != inflight {
-		c.pendingBytes -= c.pending[n].size
-		n++
+// startRescanLocked makes the next fetches read from after (see the file
+// comment), unless a rescan from lower down is already due.
+func (c *conn) startRescanLocked(after uint64) {
+	if !c.rescan || after < c.rescanAfter {
+		c.rescan, c.rescanAfter = true, after
 	}
-	c.popPendingLocked(n)
+}
+
+// dropDeliveredLocked removes from pending the entries a fetch delivered
+// (whatever their state: a rescan may deliver a Put whose commit has not
+// been recorded yet, which then finds nothing to commit).
+func (c *conn) dropDeliveredLocked(envs []*protocol.Envelope) {
+	if len(c.pending) == 0 || len(envs) == 0 {
+		return
+	}
+	ids := make(map[uint64]struct{}, len(envs))
+	for _, e := range envs {
+		ids[e.ServerId] = struct{}{}
+	}
+	keep := c.pending[:0]
+	for _, e := range c.pending {
+		if _, ok := ids[e.id]; ok {
+			c.pendingBytes -= e.size
+			continue
+		}
+		keep = append(keep, e)
+	}
+	clear(c.pending[len(keep):])
+	c.pending = keep
+	if len(c.pending) == 0 {
+		c.pending = nil
+	}
+}
+
+// lateLocalLocked reports whether pending starts with a stored entry at
+// or below the cursor: an id this relay assigned after a fetch had moved
+// the cursor past it (another relay's higher ids). Such entries are
+// delivered from memory at once, below the cursor, in any mode.
+func (c *conn) lateLocalLocked() bool {
+	return len(c.pending) > 0 && c.pending[0].id <= c.cursor && c.pending[0].state == committed
 }
 
 func (c *conn) popPendingLocked(n int) {
@@ -216,10 +254,12 @@ func (c *conn) hasDeliveryWorkLocked() bool {
 	if c.windowLocked() <= 0 {
 		return false
 	}
+	if c.lateLocalLocked() {
+		return true
+	}
 	if c.draining || c.fetchNeeded {
 		return c.blockedAt == 0 && !c.waitingHorizon && !c.fetchBackoff
 	}
-	c.prunePendingLocked()
 	return len(c.pending) > 0 && c.pending[0].state != inflight
 }
 
@@ -230,15 +270,16 @@ func (c *conn) deliverLocked() (frames [][]byte, queueEmpty, more bool) {
 		c.mu.Unlock()
 		return nil, false, false
 	}
-	if c.draining || c.fetchNeeded {
+	window := c.windowLocked()
+	late := c.lateLocalLocked()
+	if !late && (c.draining || c.fetchNeeded) {
 		return c.fetchLocked()
 	}
-	window := c.windowLocked()
 	var envs []*protocol.Envelope
 	n := 0
 	for n < len(c.pending) && len(envs) < protocol.MaxDeliverBatch && len(envs) < window {
 		e := &c.pending[n]
-		if e.state == inflight {
+		if e.state == inflight || late && e.id > c.cursor {
 			break
 		}
 		if e.state == dropped {
@@ -247,13 +288,16 @@ func (c *conn) deliverLocked() (frames [][]byte, queueEmpty, more bool) {
 			break
 		}
 		envs = append(envs, e.env)
-		c.cursor = e.id
+		c.cursor = max(c.cursor, e.id)
 		c.pendingBytes -= e.size
 		n++
 	}
 	c.popPendingLocked(n)
 	c.markUnackedLocked(envs)
 	c.mu.Unlock()
+	if late {
+		c.r.m.late.Add(float64(len(envs)))
+	}
 	return c.buildDeliver(envs), false, true
 }
 
@@ -365,7 +409,7 @@ func (c *conn) fetchLocked() (frames [][]byte, queueEmpty, more bool) {
 		}
 	}
 	c.markUnackedLocked(envs)
-	c.prunePendingLocked()
+	c.dropDeliveredLocked(envs)
 	wait, waitFor := false, upTo
 	switch {
 	case horizonCut:

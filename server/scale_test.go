@@ -534,3 +534,56 @@ func waitUntil(t *testing.T, what string, ok func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// The other way round: bob's cursor is at a higher id from a relay whose
+// clock runs ahead, and then his own relay stores an envelope for him under
+// a lower id. It must reach him from memory (or, when the memory bound
+// makes the relay leave it to the queue, by a rescan), not be taken for
+// delivered because it is below the cursor.
+func TestLocalSendBelowForeignCursorDelivered(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		maxPending int
+	}{{"memory", 0}, {"queue", 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var net testNet
+			nodeA, nodeB := net.node(), net.node()
+			e := newEnv(t, func(c *Config, _ *queue.Options) { c.Router, c.MaxPendingBytes = nodeA, tc.maxPending })
+			_, urlB := secondRelay(t, e, nodeB, 2, func() time.Time { return time.Now().Add(10 * time.Second) })
+			e.dir.set("alice", 1)
+			e.dir.set("bob", 1)
+			e.dir.set("carol", 1)
+			bob := e.connect("bob", 1) // on relay A
+			bob.nextOf("QueueEmpty")
+			alice := e.connect("alice", 1) // on relay A
+			alice.nextOf("QueueEmpty")
+			carol := e.connectURL(urlB, "carol", 1) // on relay B, 10 s ahead
+			carol.nextOf("QueueEmpty")
+
+			high := carol.sendAndAck(sendTo(newClientID(), []byte("from B"), dev("bob", 1)))
+			if high.Error != nil {
+				t.Fatal(high.Error)
+			}
+			if envs := bob.nextOf("Deliver").GetDeliver().Envelopes; len(envs) != 1 || envs[0].ServerId != high.ServerId {
+				t.Fatalf("bob got %v", envs)
+			}
+			for i := range 3 {
+				low := alice.sendAndAck(sendTo(newClientID(), []byte("from A"), dev("bob", 1)))
+				if low.Error != nil {
+					t.Fatal(low.Error)
+				}
+				if low.ServerId >= high.ServerId {
+					t.Fatalf("relay A's id %d is not below relay B's %d", low.ServerId, high.ServerId)
+				}
+				envs := bob.nextOf("Deliver").GetDeliver().Envelopes
+				if len(envs) != 1 || envs[0].ServerId != low.ServerId {
+					t.Fatalf("send %d: bob got %v, want relay A's envelope %d", i, envs, low.ServerId)
+				}
+			}
+			bob.noFrame(300 * time.Millisecond)
+			if v := counter(t, e, "hush_late_deliveries_total", ""); v != 3 {
+				t.Fatalf("hush_late_deliveries_total = %v, want 3", v)
+			}
+		})
+	}
+}
