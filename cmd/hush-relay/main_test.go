@@ -21,7 +21,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	help := out.String()
 	for _, name := range []string{"listen", "data", "keyserver", "internal-secret", "keyserver-key", "directory-ttl",
 		"node-id", "ttl", "max-queue", "sweep-interval", "ping-interval", "allow-private-push", "shutdown-grace",
-		"log-level", "log-format", "node-id-lease", "redis", "redis-prefix", "redis-username", "redis-password",
+		"log-level", "log-format", "online-window", "node-id-lease", "redis", "redis-prefix", "redis-username", "redis-password",
 		"cassandra", "keyspace", "consistency", "cassandra-local-dc", "cassandra-replication", "print-schema",
 		"media", "media-dir", "media-public-url", "max-upload", "media-quota", "media-retention",
 		"s3-bucket", "s3-prefix", "s3-region", "s3-endpoint", "s3-path-style"} {
@@ -30,8 +30,8 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		}
 	}
 	// Every flag but --print-schema has one.
-	if strings.Count(help, "(env HUSH_") != 36 {
-		t.Errorf("--help names %d env variables, want one per flag (36)", strings.Count(help, "(env HUSH_"))
+	if strings.Count(help, "(env HUSH_") != 37 {
+		t.Errorf("--help names %d env variables, want one per flag (37)", strings.Count(help, "(env HUSH_"))
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/hushchat/hush/keyserver/ratelimit"
 	"github.com/hushchat/hush/server"
 	"github.com/hushchat/hush/server/app"
+	"github.com/hushchat/hush/server/presence"
 	"github.com/hushchat/hush/server/queue"
 )
 
@@ -113,6 +114,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		"how often expired envelopes are deleted (env HUSH_SWEEP_INTERVAL)")
 	fs.DurationVar(&c.Relay.PingInterval, "ping-interval", e.dur("HUSH_PING_INTERVAL", server.DefaultPingInterval),
 		"how often the relay pings each connection; one silent for 2.5× this is dropped (env HUSH_PING_INTERVAL)")
+	fs.DurationVar(&c.Relay.OnlineWindow, "online-window", e.dur("HUSH_ONLINE_WINDOW", presence.DefaultOnlineWindow),
+		"presence: an account counts as online this long after its last heartbeat (env HUSH_ONLINE_WINDOW)")
 	fs.BoolVar(&c.Relay.AllowPrivatePush, "allow-private-push", e.bool("HUSH_ALLOW_PRIVATE_PUSH", false),
 		"allow push endpoints on loopback and private addresses (a push distributor on your own network) (env HUSH_ALLOW_PRIVATE_PUSH)")
 	fs.StringVar(&c.InviteCode, "invite-code", "",

@@ -203,10 +203,7 @@ func openRelayStores(ctx context.Context, a *App, dir string, o RelayOptions, cl
 	var eps push.Endpoints
 	var err error
 	if len(cl.Cassandra) > 0 {
-		if q, err = openCassandraQueue(ctx, a, cl, o.MaxQueue, o.clock(), log); err != nil {
-			return nil, nil, err
-		}
-		if eps, err = openCassandraEndpoints(ctx, cl, log); err != nil {
+		if q, eps, err = openCassandra(ctx, a, cl, o.MaxQueue, o.clock(), log); err != nil {
 			return nil, nil, err
 		}
 	} else {

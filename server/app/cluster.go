@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/gocql/gocql"
@@ -67,10 +69,22 @@ func (o *ClusterOptions) check() error {
 	if o.NodeIDAuto && len(o.Redis) == 0 {
 		return errors.New("--node-id auto needs --redis: node ids are leased from Redis")
 	}
-	if len(o.Cassandra) > 0 && o.Keyspace == "" {
-		return errors.New("--cassandra needs --keyspace")
+	if len(o.Cassandra) > 0 && !validKeyspace(o.Keyspace) {
+		return fmt.Errorf("keyspace %q: want 1–48 of [a-z0-9_], starting with a letter", o.Keyspace)
 	}
 	return nil
+}
+
+func validKeyspace(s string) bool {
+	if len(s) == 0 || len(s) > 48 || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // openRedis returns the one Redis client the relay's router, presence,
@@ -112,25 +126,96 @@ func leaseNodeID(ctx context.Context, a *App, rdb redis.UniversalClient, o Clust
 	return lease, nil
 }
 
-// openCassandraQueue opens the shared queue store.
-func openCassandraQueue(ctx context.Context, a *App, o ClusterOptions, maxQueue int, now func() time.Time, log *slog.Logger) (queue.Store, error) {
-	cfg := cassandra.Config{
-		Hosts:       o.Cassandra,
-		Keyspace:    o.Keyspace,
-		Replication: o.Replication,
-		LocalDC:     o.LocalDC,
-		Consistency: o.Consistency,
-		Options:     queue.Options{MaxDepth: maxQueue, Clock: now},
-		Logger:      log,
+// openCassandra opens the relay's Cassandra session and, on it, the shared
+// queue store and push endpoints. The session is configured as
+// cassandra.Open configures its own (token-aware routing, no session retry
+// policy: the store retries its idempotent statements itself), and in
+// addition: contact points given with one common port make that the port of
+// every node gocql discovers (a cluster on a non-default native port, or a
+// proxy in front of it), and a node marked down is retried every second
+// rather than every minute, so the relay stores again within about a second
+// of Cassandra coming back.
+func openCassandra(ctx context.Context, a *App, o ClusterOptions, maxQueue int, now func() time.Time, log *slog.Logger) (queue.Store, push.Endpoints, error) {
+	hosts, port, err := splitHosts(o.Cassandra)
+	if err != nil {
+		return nil, nil, err
 	}
+	cc := gocql.NewCluster(hosts...)
+	cc.Port = port
+	cc.Timeout, cc.ConnectTimeout = cassandra.DefaultTimeout, cassandra.DefaultTimeout
+	cc.Consistency = o.Consistency
+	if cc.Consistency == gocql.Any {
+		cc.Consistency = gocql.LocalQuorum
+	}
+	cc.SerialConsistency = gocql.LocalSerial
+	fallback := gocql.RoundRobinHostPolicy()
+	if o.LocalDC != "" {
+		fallback = gocql.DCAwareRoundRobinPolicy(o.LocalDC)
+	}
+	cc.PoolConfig.HostSelectionPolicy = gocql.TokenAwareHostPolicy(fallback)
+	cc.RetryPolicy = nil
+	cc.ReconnectInterval = time.Second
+	cc.Logger = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	octx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	st, err := cassandra.Open(octx, cfg)
+	if o.Replication != "" {
+		admin, err := cc.CreateSession()
+		if err != nil {
+			return nil, nil, fmt.Errorf("cassandra %v: %w", o.Cassandra, err)
+		}
+		err = admin.Query(fmt.Sprintf("CREATE KEYSPACE IF NOT EXISTS %s WITH replication = %s", o.Keyspace, o.Replication)).
+			WithContext(octx).Exec()
+		admin.Close()
+		if err != nil {
+			return nil, nil, fmt.Errorf("create keyspace %s: %w", o.Keyspace, err)
+		}
+	}
+	cc.Keyspace = o.Keyspace
+	sess, err := cc.CreateSession()
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("cassandra %v keyspace %s: %w", o.Cassandra, o.Keyspace, err)
+	}
+	a.closers = append(a.closers, closerFunc(func() error { sess.Close(); return nil }))
+	st, err := cassandra.New(octx, sess, cassandra.Config{
+		Consistency: cc.Consistency,
+		Options:     queue.Options{MaxDepth: maxQueue, Clock: now},
+		Logger:      log,
+	})
+	if err != nil {
+		return nil, nil, err
 	}
 	a.closers = append(a.closers, st)
-	return st, nil
+	if err := sess.Query(PushSchema).WithContext(octx).Exec(); err != nil {
+		return nil, nil, fmt.Errorf("create push_endpoints: %w", err)
+	}
+	return st, &cassandraEndpoints{sess: sess}, nil
+}
+
+// splitHosts separates "host[:port]" contact points into hosts and the one
+// port they share (9042 when none is given).
+func splitHosts(list []string) ([]string, int, error) {
+	port := 0
+	hosts := make([]string, 0, len(list))
+	for _, h := range list {
+		host, p, err := net.SplitHostPort(h)
+		if err != nil {
+			hosts = append(hosts, h) // no port
+			continue
+		}
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return nil, 0, fmt.Errorf("cassandra host %q: bad port", h)
+		}
+		if port != 0 && n != port {
+			return nil, 0, fmt.Errorf("cassandra hosts %v: every node must use the same native port", list)
+		}
+		port = n
+		hosts = append(hosts, host)
+	}
+	if port == 0 {
+		port = 9042
+	}
+	return hosts, port, nil
 }
 
 // PushSchema is the CQL of the push-endpoint table the relays share when
@@ -147,32 +232,6 @@ const PushSchema = `CREATE TABLE IF NOT EXISTS push_endpoints (
 // the one the device registered with.
 type cassandraEndpoints struct {
 	sess *gocql.Session
-}
-
-func openCassandraEndpoints(ctx context.Context, o ClusterOptions, log *slog.Logger) (*cassandraEndpoints, error) {
-	cc := gocql.NewCluster(o.Cassandra...)
-	cc.Keyspace = o.Keyspace
-	cc.Consistency = o.Consistency
-	if cc.Consistency == gocql.Any {
-		cc.Consistency = gocql.LocalQuorum
-	}
-	cc.Timeout, cc.ConnectTimeout = 10*time.Second, 10*time.Second
-	cc.NumConns = 1
-	fallback := gocql.RoundRobinHostPolicy()
-	if o.LocalDC != "" {
-		fallback = gocql.DCAwareRoundRobinPolicy(o.LocalDC)
-	}
-	cc.PoolConfig.HostSelectionPolicy = gocql.TokenAwareHostPolicy(fallback)
-	cc.Logger = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
-	sess, err := cc.CreateSession()
-	if err != nil {
-		return nil, fmt.Errorf("push endpoints on cassandra %v/%s: %w", o.Cassandra, o.Keyspace, err)
-	}
-	if err := sess.Query(PushSchema).WithContext(ctx).Exec(); err != nil {
-		sess.Close()
-		return nil, fmt.Errorf("create push_endpoints: %w", err)
-	}
-	return &cassandraEndpoints{sess: sess}, nil
 }
 
 // Get implements push.Endpoints.
@@ -201,10 +260,7 @@ func (e *cassandraEndpoints) Set(ctx context.Context, dev queue.Device, endpoint
 	return nil
 }
 
-// Close implements push.Endpoints.
-func (e *cassandraEndpoints) Close() error {
-	e.sess.Close()
-	return nil
-}
+// Close implements push.Endpoints; the session is closed with the app.
+func (e *cassandraEndpoints) Close() error { return nil }
 
 var _ push.Endpoints = (*cassandraEndpoints)(nil)
