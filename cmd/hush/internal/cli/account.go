@@ -54,7 +54,7 @@ again. Prints "registered NAME (device N)" on stdout.`,
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		if acc, ok := c.Account(); ok {
 			return fmt.Errorf("register: this profile already has the account %s on %s; use another --home for a second account", acc.Name, acc.ServerURL)
 		}
@@ -123,7 +123,7 @@ trust, and never paste it into a chat.`,
 			if err != nil {
 				return err
 			}
-			defer c.Close()
+			defer closeClient(c)
 			code, err := c.NewLinkCode(rctx)
 			if err != nil {
 				return err
@@ -149,7 +149,7 @@ trust, and never paste it into a chat.`,
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		if acc, ok := c.Account(); ok {
 			return fmt.Errorf("link: this profile already has the account %s; use a new --home for the new device", acc.Name)
 		}
@@ -180,7 +180,7 @@ var cmdWhoami = &command{
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		acc, _ := c.Account()
 		if *asJSON {
 			return writeJSON(a.stdout, whoamiJSON{Name: acc.Name, Device: acc.DeviceID, Server: acc.ServerURL, Relay: acc.RelayURL, Home: a.home})
@@ -220,7 +220,7 @@ var cmdDevices = &command{
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		rctx, cancel := context.WithTimeout(ctx, *timeout)
 		defer cancel()
 		ds, err := c.Devices(rctx)
@@ -275,7 +275,7 @@ var cmdDevicesRemove = &command{
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		rctx, cancel := context.WithTimeout(ctx, *timeout)
 		defer cancel()
 		if err := c.RemoveDevice(rctx, id); err != nil {

@@ -329,7 +329,7 @@ func (a *app) runTUI(ctx context.Context, configPath string) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer closeClient(c)
 	return a.env.TUI(ctx, c, TUIOptions{Home: a.home, ConfigPath: configPath, ServerURL: a.env.Getenv("HUSH_SERVER")})
 }
 

@@ -57,7 +57,7 @@ them this device's sender key. Prints the group id (32 hex digits). Up to
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		rctx, cancel := context.WithTimeout(ctx, *timeout)
 		defer cancel()
 		id, err := c.CreateGroup(rctx, name, names)
@@ -108,7 +108,7 @@ func groupMembersCommand(name, summary string, change func(c *client.Client, ctx
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		id, err := c.FindGroup(ctx, pos[0])
 		if err != nil {
 			return err
@@ -155,7 +155,7 @@ var cmdGroupLeave = &command{
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		id, err := c.FindGroup(ctx, pos[0])
 		if err != nil {
 			return err
@@ -193,7 +193,7 @@ var cmdGroupRename = &command{
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		id, err := c.FindGroup(ctx, pos[0])
 		if err != nil {
 			return err
@@ -224,7 +224,7 @@ var cmdGroupList = &command{
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		gs, err := c.Groups(ctx)
 		if err != nil {
 			return err

@@ -33,7 +33,7 @@ marked read. Does not mark anything read: use 'hush read'.`,
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		ms, err := c.History(ctx, conv, *limit, 0)
 		if err != nil {
 			return err
@@ -81,7 +81,7 @@ var cmdConversations = &command{
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		cs, err := c.Conversations(ctx)
 		if err != nil {
 			return err
@@ -157,7 +157,7 @@ var cmdContacts = &command{
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		cs, err := c.Contacts(ctx)
 		if err != nil {
 			return err

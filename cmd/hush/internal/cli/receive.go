@@ -159,7 +159,7 @@ func (a *app) stream(ctx context.Context, o streamOptions) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer closeClient(c)
 	p := &printer{w: a.stdout, json: o.json, gn: newGroupNames(c)}
 
 	runCtx, stopRun := context.WithCancel(ctx)

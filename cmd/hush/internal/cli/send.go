@@ -69,7 +69,7 @@ func runSend(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer closeClient(c)
 	conv := client.Direct(to)
 	var gid client.GroupID
 	if *group != "" {
@@ -195,7 +195,7 @@ exit code is 4 and the receipts go out the next time hush connects.`,
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		if err := c.MarkRead(ctx, conv); err != nil {
 			return err
 		}
@@ -228,7 +228,7 @@ func (a *app) openConv(ctx context.Context, fs *flagSet, pos []string, group str
 	}
 	id, err := c.FindGroup(ctx, group)
 	if err != nil {
-		c.Close()
+		closeClient(c)
 		return nil, "", err
 	}
 	return c, client.GroupConv(id), nil

@@ -43,7 +43,7 @@ device, printed as "device N: …". Needs a message exchanged with NAME first.`,
 		if err != nil {
 			return err
 		}
-		defer c.Close()
+		defer closeClient(c)
 		sns, err := c.SafetyNumbers(ctx, name)
 		if err != nil {
 			return err
@@ -131,7 +131,7 @@ func trustCommand(ctx context.Context, a *app, args []string, do func(c *client.
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer closeClient(c)
 	msg, err := do(c, name)
 	if err != nil {
 		return err
