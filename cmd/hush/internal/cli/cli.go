@@ -294,6 +294,16 @@ var cmdHelp = &command{
 			a.printGlobalHelp(a.stdout, def)
 			return nil
 		}
+		if len(args) == 1 && args[0] == "group" {
+			fmt.Fprintln(a.stdout, "Usage: hush group SUBCOMMAND …")
+			fmt.Fprintln(a.stdout)
+			for _, c := range commands {
+				if strings.HasPrefix(c.name, "group ") {
+					fmt.Fprintf(a.stdout, "  hush %s %s\n      %s\n", c.name, c.args, c.summary)
+				}
+			}
+			return nil
+		}
 		c, _, err := lookup(args)
 		if err != nil {
 			return err

@@ -347,7 +347,7 @@ func TestUsage(t *testing.T) {
 		t.Fatalf("a command without an account created the profile: %v", err)
 	}
 	// Help goes to stdout, exit 0.
-	for _, args := range [][]string{{"help"}, {"--help"}, {"help", "send"}, {"send", "--help"}, {"group", "create", "-h"}, {"help", "group", "list"}} {
+	for _, args := range [][]string{{"help"}, {"--help"}, {"help", "send"}, {"send", "--help"}, {"group", "create", "-h"}, {"help", "group", "list"}, {"help", "group"}} {
 		r := u.run(args...)
 		if r.code != 0 || !strings.Contains(r.stdout, "Usage: hush") || r.stderr != "" {
 			t.Errorf("hush %q: %+v", args, r)
