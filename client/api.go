@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -516,6 +515,3 @@ func (c *Client) PendingCount(ctx context.Context) (int, error) {
 	}
 	return len(seqs), nil
 }
-
-// formatUint is strconv.FormatUint for logs.
-func formatUint(v uint64) string { return strconv.FormatUint(v, 10) }

@@ -114,6 +114,8 @@ type Client struct {
 	hideLastSeen bool
 	presence     map[string]PresenceEvent
 	retried      map[uint64]bool // retry requests answered, by server id
+	retryBudgets map[crypto.Address]*budget
+	lastReset    map[crypto.Address]time.Time
 	// linkWatchUntil: a link code was issued; look for the new device.
 	linkWatchUntil time.Time
 
@@ -147,22 +149,24 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{
-		cfg:        cfg,
-		log:        cfg.Logger.With("component", "client"),
-		clock:      cfg.Clock,
-		db:         db,
-		lockFile:   lf,
-		rnd:        rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
-		sessCh:     make(chan struct{}),
-		syncedCh:   make(chan struct{}),
-		statusCh:   make(chan struct{}),
-		active:     true,
-		presence:   map[string]PresenceEvent{},
-		retried:    map[uint64]bool{},
-		outboxWake: make(chan struct{}, 1),
-		keysWake:   make(chan struct{}, 1),
-		subWake:    make(chan struct{}, 1),
-		sweepWake:  make(chan struct{}, 1),
+		cfg:          cfg,
+		log:          cfg.Logger.With("component", "client"),
+		clock:        cfg.Clock,
+		db:           db,
+		lockFile:     lf,
+		rnd:          rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		sessCh:       make(chan struct{}),
+		syncedCh:     make(chan struct{}),
+		statusCh:     make(chan struct{}),
+		active:       true,
+		presence:     map[string]PresenceEvent{},
+		retried:      map[uint64]bool{},
+		retryBudgets: map[crypto.Address]*budget{},
+		lastReset:    map[crypto.Address]time.Time{},
+		outboxWake:   make(chan struct{}, 1),
+		keysWake:     make(chan struct{}, 1),
+		subWake:      make(chan struct{}, 1),
+		sweepWake:    make(chan struct{}, 1),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	c.events = newDispatcher(c)

@@ -307,6 +307,9 @@ func (c *Client) failItem(ctx context.Context, it *store.OutboxItem, cause error
 		if err != nil {
 			return err
 		}
+		if m.Status >= store.StatusSent {
+			return nil // a re-send failed; the message itself went out
+		}
 		msg := cause.Error()
 		if err := c.db.SetStatus(ctx, m.Seq, store.StatusFailed, 0, msg); err != nil {
 			return err
@@ -797,6 +800,9 @@ func (c *Client) handleAck(ctx context.Context, fl *flight, ack *protocol.SendAc
 				return nil
 			}
 			if err != nil {
+				return err
+			}
+			if err := c.db.AddServerID(ctx, m.Seq, ack.ServerId); err != nil {
 				return err
 			}
 			if m.Status < store.StatusSent {

@@ -198,6 +198,7 @@ func (c *Client) handleEnvelope(ctx context.Context, t *txn, e *envelope) error 
 	switch {
 	case err == nil:
 	case errors.Is(err, crypto.ErrDuplicateMessage):
+		c.log.Info("dropping a message decrypted before", "sender", e.addr().String(), "server_id", e.serverID)
 		return nil
 	case errors.As(err, &uie):
 		accepted, terr := c.identityChanged(ctx, t, uie.Address, uie.Known, uie.Key)
@@ -275,9 +276,71 @@ func (c *Client) storeUndecryptable(ctx context.Context, t *txn, e *envelope, ca
 	if err := c.emitDurable(ctx, t, &UndecryptableEvent{Message: c.messageFromStore(m)}); err != nil {
 		return err
 	}
+	if !c.allowRetryRequest(e.addr(), now) {
+		// A peer whose messages keep failing: do not answer every one,
+		// or two broken sessions would ping-pong requests forever.
+		c.log.Warn("not asking again for a resend", "sender", e.addr().String())
+		return nil
+	}
+	// A pairwise message that fails means the session with that device
+	// is broken on one side: start over (Signal's automatic session
+	// reset). The request then goes out on a fresh session, from a new
+	// bundle, which the sender can read and keeps using.
+	if e.typ != protocol.EnvelopeType_ENVELOPE_TYPE_SENDER_KEY && c.allowReset(e.addr(), now) {
+		if err := c.protocol().DeleteSession(ctx, e.addr()); err != nil {
+			return err
+		}
+		if err := c.db.RemoveSenderKeyHolder(ctx, e.addr()); err != nil {
+			return err
+		}
+	}
 	rr := &protocol.Content{MessageId: newMessageIDBytes(), SentAtMs: now.UnixMilli(),
 		Body: &protocol.Content_RetryRequest{RetryRequest: &protocol.RetryRequest{ServerId: e.serverID, Reason: reasonOf(cause)}}}
 	return c.enqueuePairwise(ctx, t, rr, nil, []string{e.sender}, false, 0, nil)
+}
+
+// Retry-request limits: at most retryBudget requests to one device per
+// retryWindow, and at most one session reset for one device per
+// resetInterval. Without them, two devices that cannot read each other
+// would answer each other's requests (themselves undecryptable) forever.
+const (
+	retryBudget   = 60
+	retryWindow   = time.Minute
+	resetInterval = 10 * time.Second
+)
+
+type budget struct {
+	start time.Time
+	n     int
+}
+
+func (c *Client) allowRetryRequest(addr crypto.Address, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.retryBudgets[addr]
+	if b == nil || now.Sub(b.start) >= retryWindow {
+		if len(c.retryBudgets) > 10000 {
+			clear(c.retryBudgets)
+		}
+		b = &budget{start: now}
+		c.retryBudgets[addr] = b
+	}
+	b.n++
+	return b.n <= retryBudget
+}
+
+// allowReset reports whether the session with addr may be reset now.
+func (c *Client) allowReset(addr crypto.Address, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if last, ok := c.lastReset[addr]; ok && now.Sub(last) < resetInterval {
+		return false
+	}
+	if len(c.lastReset) > 10000 {
+		clear(c.lastReset)
+	}
+	c.lastReset[addr] = now
+	return true
 }
 
 // reasonOf names a decryption failure without any payload bytes.
@@ -591,7 +654,7 @@ func (c *Client) handleRetryRequest(ctx context.Context, t *txn, e *envelope, co
 	// A request that came as a PreKeySignalMessage built a fresh session
 	// already (the peer had lost ours): use it. Otherwise forget the
 	// session, and the re-send starts a new one from a fresh bundle.
-	if e.typ != protocol.EnvelopeType_ENVELOPE_TYPE_PREKEY {
+	if e.typ != protocol.EnvelopeType_ENVELOPE_TYPE_PREKEY && c.allowReset(addr, c.clock.Now()) {
 		if err := c.protocol().DeleteSession(ctx, addr); err != nil {
 			return err
 		}
@@ -621,7 +684,9 @@ func (c *Client) handleRetryRequest(ctx context.Context, t *txn, e *envelope, co
 			ok = err == nil && memberOf(g, e.sender)
 		}
 		if ok {
-			if err := c.enqueuePairwise(ctx, t, orig, nil, []string{e.sender}, false, 0, nil); err != nil {
+			// Linked to the message, so the re-send's relay id finds it
+			// again should this copy fail too.
+			if err := c.enqueuePairwise(ctx, t, orig, nil, []string{e.sender}, false, m.Seq, nil); err != nil {
 				return err
 			}
 		}

@@ -158,11 +158,21 @@ func (db *DB) MessageBySeq(ctx context.Context, seq int64) (*Message, error) {
 // OutgoingByServerID implements MessageStore.
 func (db *DB) OutgoingByServerID(ctx context.Context, serverID uint64) (*Message, error) {
 	m := new(Message)
-	err := scanMessage(db.rq(ctx).QueryRowContext(ctx, "SELECT "+msgCols+" FROM messages WHERE server_id = ? AND outgoing = 1", serverID), m)
+	err := scanMessage(db.rq(ctx).QueryRowContext(ctx, "SELECT "+msgColsM+` FROM message_server_ids s
+		JOIN messages m ON m.seq = s.message WHERE s.server_id = ? AND m.outgoing = 1`, serverID), m)
 	if err != nil {
 		return nil, notFound(err, "message with server id %d", serverID)
 	}
 	return m, nil
+}
+
+// AddServerID implements MessageStore.
+func (db *DB) AddServerID(ctx context.Context, seq int64, serverID uint64) error {
+	_, err := db.wq(ctx).ExecContext(ctx, "INSERT INTO message_server_ids (server_id, message) VALUES (?, ?) ON CONFLICT DO NOTHING", serverID, seq)
+	if err != nil {
+		return fmt.Errorf("record server id of message %d: %w", seq, err)
+	}
+	return nil
 }
 
 // ReplaceMessage implements MessageStore.

@@ -122,6 +122,13 @@ var schema = []string{
 	CREATE INDEX messages_unread ON messages (conv) WHERE read = 0 AND outgoing = 0;
 	CREATE INDEX messages_server_id ON messages (server_id) WHERE server_id != 0;
 
+	-- Every relay id an outgoing message was stored under (its first send
+	-- and any re-sends), so a retry request naming any of them finds it.
+	CREATE TABLE message_server_ids (
+		server_id INTEGER PRIMARY KEY,
+		message   INTEGER NOT NULL REFERENCES messages (seq) ON DELETE CASCADE
+	) STRICT;
+
 	-- Per recipient account status of an outgoing message (per member in
 	-- a group).
 	CREATE TABLE message_recipients (

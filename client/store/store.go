@@ -214,8 +214,11 @@ type MessageStore interface {
 	MessageByID(ctx context.Context, sender string, id []byte) (*Message, error)
 	// MessageBySeq returns a message by its row id.
 	MessageBySeq(ctx context.Context, seq int64) (*Message, error)
-	// OutgoingByServerID returns an outgoing message by the relay's id.
+	// OutgoingByServerID returns an outgoing message by any relay id it
+	// was stored under.
 	OutgoingByServerID(ctx context.Context, serverID uint64) (*Message, error)
+	// AddServerID records another relay id of outgoing message seq.
+	AddServerID(ctx context.Context, seq int64, serverID uint64) error
 	// ReplaceMessage rewrites kind, body, content, counter, sent time and
 	// error of an existing message (an undecryptable placeholder that was
 	// decrypted later).

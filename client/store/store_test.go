@@ -469,6 +469,8 @@ func TestRecipientStatus(t *testing.T) {
 	if err := db.SetStatus(ctx, m.Seq, StatusSent, 42, ""); err != nil {
 		t.Fatal(err)
 	}
+	db.AddServerID(ctx, m.Seq, 42)
+	db.AddServerID(ctx, m.Seq, 43) // a re-send
 	status := func() Status {
 		got, err := db.MessageBySeq(ctx, m.Seq)
 		if err != nil {
@@ -498,8 +500,13 @@ func TestRecipientStatus(t *testing.T) {
 	if len(rs) != 2 || rs[0].Status != StatusRead || rs[1].Status != StatusRead {
 		t.Fatalf("recipients = %+v", rs)
 	}
-	if got, err := db.OutgoingByServerID(ctx, 42); err != nil || got.Seq != m.Seq {
-		t.Fatalf("by server id = %v, %v", got, err)
+	for _, id := range []uint64{42, 43} {
+		if got, err := db.OutgoingByServerID(ctx, id); err != nil || got.Seq != m.Seq {
+			t.Fatalf("by server id %d = %v, %v", id, got, err)
+		}
+	}
+	if _, err := db.OutgoingByServerID(ctx, 44); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown server id: %v", err)
 	}
 }
 
