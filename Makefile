@@ -21,13 +21,9 @@ all: build
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
+# The all-in-one server (key server + relay + media) on the embedded store.
 run: build
-	@if [ -x $(BIN)/hush-server ]; then \
-		exec $(BIN)/hush-server --listen $(HUSH_LISTEN) --data $(HUSH_DATA); \
-	else \
-		echo "hush-server is not built yet: only the wire protocol and crypto core exist so far."; \
-		echo "See docs/architecture.md for what is built."; \
-	fi
+	$(BIN)/hush-server --listen $(HUSH_LISTEN) --data $(HUSH_DATA)
 
 # make test: start the real Redis, Cassandra and S3 the integration tests
 # need (scripts/testenv/up installs what is missing), then run every test
