@@ -216,6 +216,8 @@ func (r *Runner) runPairs(ctx context.Context, o PairsOptions) (*pairsOutcome, e
 			rcpt := &protocol.Recipient{Account: receivers[i].Account, Device: receivers[i].ID, Type: protocol.EnvelopeType_ENVELOPE_TYPE_SIGNAL}
 			var interval time.Duration
 			var next time.Duration
+			timer := time.NewTimer(time.Hour)
+			defer timer.Stop()
 			if o.Rate > 0 {
 				interval = time.Duration(float64(time.Second) * float64(o.Pairs) / o.Rate)
 				next = interval * time.Duration(i) / time.Duration(o.Pairs) // stagger
@@ -224,8 +226,9 @@ func (r *Runner) runPairs(ctx context.Context, o PairsOptions) (*pairsOutcome, e
 				sentAt := clock.Now()
 				if o.Rate > 0 {
 					if d := next - sentAt; d > 0 {
+						timer.Reset(d)
 						select {
-						case <-time.After(d):
+						case <-timer.C:
 						case <-ctx.Done():
 							return
 						}
