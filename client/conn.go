@@ -38,8 +38,17 @@ func (c *Client) setState(s ConnState, retryIn time.Duration, why string) {
 	c.events.emit(&ConnectionStateEvent{State: s, RetryIn: retryIn, Err: why})
 }
 
-func (c *Client) setSession(s *session) {
+// setSession installs s (nil: none). It refuses a new session once the
+// client is closing and closes it instead: Close cancels the context before
+// it looks for a session to close, so a dial that completes in between would
+// otherwise run with nobody left to end it, and Close would wait forever.
+func (c *Client) setSession(s *session) bool {
 	c.mu.Lock()
+	if s != nil && c.ctx.Err() != nil {
+		c.mu.Unlock()
+		s.close()
+		return false
+	}
 	c.sess = s
 	close(c.sessCh)
 	c.sessCh = make(chan struct{})
@@ -47,6 +56,7 @@ func (c *Client) setSession(s *session) {
 		c.syncedCh = make(chan struct{})
 	}
 	c.mu.Unlock()
+	return true
 }
 
 // currentSession returns the live session, or nil and a channel that is
@@ -124,7 +134,9 @@ func (c *Client) connLoop() {
 			}
 			continue
 		}
-		c.setSession(s)
+		if !c.setSession(s) {
+			return
+		}
 		c.setState(Connected, 0, "")
 		// Receipts owed from before a crash.
 		if err := c.flushReceipts(c.ctx); err != nil && c.ctx.Err() == nil {
