@@ -227,9 +227,12 @@ func TestGroups(t *testing.T) {
 }
 
 func (d *driver) setFocusInput() {
-	d.send(keyMsg("i"))
+	d.t.Helper()
 	if d.m.focus != paneInput {
-		d.m.setFocus(paneInput)
+		d.keys("i")
+	}
+	if d.m.focus != paneInput {
+		d.t.Fatalf("i did not focus the input (focus %d)", d.m.focus)
 	}
 }
 
