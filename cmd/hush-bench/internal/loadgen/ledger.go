@@ -153,7 +153,10 @@ type Counts struct {
 	Acked int64 `json:"acked"`
 	// Delivered: distinct messages that arrived.
 	Delivered int64 `json:"delivered"`
-	// Lost: acknowledged and never delivered.
+	// Lost: acknowledged and not delivered to the live connection before
+	// the run ended (its drain time included). Scenarios then reconnect
+	// and count what is still queued, which tells a stalled delivery
+	// from a message gone for good.
 	Lost int64 `json:"lost"`
 	// Duplicated: arrivals beyond the first of a message.
 	Duplicated int64 `json:"duplicated"`

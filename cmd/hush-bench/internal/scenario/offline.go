@@ -276,7 +276,7 @@ func (res *OfflineResult) Rows() [][2]string {
 		{"delivered before QueueEmpty", fmt.Sprint(res.QueueEmptyAfter)},
 		{"acked / delivered", fmt.Sprintf("%d / %d", res.Acked, res.Delivered)},
 		{"lost / duplicated / unexpected / reordered", fmt.Sprintf("%d / %d / %d / %d", res.Lost, res.Duplicated, res.Unexpected, res.Reordered)},
-		{"left in queue after acks", fmt.Sprint(res.Leftover)},
+		{"still queued after the run (found by a new connection)", fmt.Sprint(res.Leftover)},
 	}
 }
 

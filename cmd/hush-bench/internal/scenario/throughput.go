@@ -80,7 +80,7 @@ func (res *ThroughputResult) Rows() [][2]string {
 		{"messages/s (durable, delivered, acked)", num(res.MsgsPerS)},
 		{"acked / delivered", fmt.Sprintf("%d / %d", res.Acked, res.Delivered)},
 		{"lost / duplicated / refused / unexpected", fmt.Sprintf("%d / %d / %d / %d", res.Lost, res.Duplicated, res.Refused, res.Unexpected)},
-		{"left in queues after acks", fmt.Sprint(res.Leftover)},
+		{"still queued after the run (found by a new connection)", fmt.Sprint(res.Leftover)},
 		latencyRow("latency send→deliver", res.LatencyMs),
 		latencyRow("latency send→SendAck", res.SendAckMs),
 	}
@@ -98,7 +98,7 @@ func (res *ThroughputResult) Err() error {
 func countsErr(c loadgen.Counts, leftover int) error {
 	err := c.Err()
 	if leftover > 0 {
-		err = errors.Join(err, fmt.Errorf("%d acked envelopes still queued", leftover))
+		err = errors.Join(err, fmt.Errorf("%d envelopes still queued after the run (stored, not delivered to the live connection)", leftover))
 	}
 	if c.Acked == 0 {
 		err = errors.Join(err, errors.New("no message was acknowledged"))
