@@ -386,3 +386,54 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestRenderAnySize: every screen fills exactly the window, from tiny to
+// large, without panicking.
+func TestRenderAnySize(t *testing.T) {
+	d := offlineDriver(t, 80, 24)
+	m := d.m
+	now := time.Now()
+	conv := client.Direct("bob")
+	var msgs []client.Message
+	for i := range 40 {
+		msgs = append(msgs, client.Message{Seq: int64(i + 1), ID: client.MessageID{byte(i)}, Conv: conv, Sender: "bob",
+			SentAt: now, Kind: client.KindText, Text: strings.Repeat("word ", i) + "end",
+			Quote: &client.Quote{Author: "alice", Text: "quoted"}})
+	}
+	screens := map[string]func(){
+		"register": func() {},
+		"main": func() {
+			m.reg, m.me, m.registered = nil, "alice", true
+			m.convs = []client.Conversation{{ID: conv, Name: "bob", Unread: 3, Muted: true, Last: &msgs[39]}}
+			m.chat = chatState{conv: conv, name: "bob", loaded: true, msgs: msgs, selKey: msgKey(&msgs[5])}
+			m.focus = paneChat
+			m.replyTo = &msgs[3]
+			m.contacts["bob"] = client.Contact{Name: "bob", IdentityChanged: true}
+		},
+		"help":   func() { m.dialog = newHelpDialog(m) },
+		"search": func() { s := newSearchDialog(m, ""); s.results = msgs; s.shown = s.seq; m.dialog = s },
+		"info":   func() { m.dialog = &infoDialog{msg: msgs[10], recipients: []client.RecipientStatus{{Account: "bob"}}} },
+		"safety": func() {
+			m.dialog = &safetyDialog{name: "bob", numbers: []client.SafetyNumber{{Account: "bob", Device: 1,
+				Digits: strings.Repeat("0123456789", 6), Scannable: []byte(strings.Repeat("x", 70)), Changed: true}}}
+		},
+		"form":    func() { m.dialog = newGroupDialog(m) },
+		"confirm": func() { m.dialog = newConfirmDialog("Leave?", nil) },
+	}
+	for _, name := range []string{"register", "main", "help", "search", "info", "safety", "form", "confirm"} {
+		screens[name]()
+		for _, sz := range [][2]int{{1, 1}, {10, 3}, {30, 8}, {59, 14}, {60, 15}, {80, 24}, {200, 60}} {
+			d.send(tea.WindowSizeMsg{Width: sz[0], Height: sz[1]})
+			lines := strings.Split(m.render(), "\n")
+			if len(lines) != sz[1] {
+				t.Errorf("%s at %dx%d: %d lines", name, sz[0], sz[1], len(lines))
+			}
+			for i, l := range lines {
+				if w := ansi.StringWidth(l); w != sz[0] {
+					t.Errorf("%s at %dx%d: line %d is %d wide: %q", name, sz[0], sz[1], i, w, ansi.Strip(l))
+					break
+				}
+			}
+		}
+	}
+}
