@@ -74,7 +74,10 @@ type Model struct {
 	convsDirty   bool
 	contacts     map[string]client.Contact
 	presence     map[string]client.PresenceEvent
-	typing       map[client.ConvID]map[string]time.Time
+	// presenceAsked: peers whose last known presence was read once
+	// (later changes arrive as events).
+	presenceAsked map[string]bool
+	typing        map[client.ConvID]map[string]time.Time
 
 	chat    chatState
 	input   textarea.Model
@@ -118,20 +121,21 @@ func newModel(ctx context.Context, c *client.Client, cfg Config, opts Options) (
 		return nil, err
 	}
 	m := &Model{
-		ctx:         ctx,
-		c:           c,
-		keys:        km,
-		st:          newStyles(theme),
-		theme:       theme,
-		cfg:         cfg,
-		notify:      cfg.NotifyCommand,
-		now:         time.Now,
-		width:       80,
-		height:      24,
-		termFocused: true,
-		contacts:    map[string]client.Contact{},
-		presence:    map[string]client.PresenceEvent{},
-		typing:      map[client.ConvID]map[string]time.Time{},
+		ctx:           ctx,
+		c:             c,
+		keys:          km,
+		st:            newStyles(theme),
+		theme:         theme,
+		cfg:           cfg,
+		notify:        cfg.NotifyCommand,
+		now:           time.Now,
+		width:         80,
+		height:        24,
+		termFocused:   true,
+		contacts:      map[string]client.Contact{},
+		presence:      map[string]client.PresenceEvent{},
+		presenceAsked: map[string]bool{},
+		typing:        map[client.ConvID]map[string]time.Time{},
 	}
 	if len(opts.NotifyCommand) > 0 {
 		m.notify = opts.NotifyCommand
@@ -537,10 +541,9 @@ func (m *Model) onConvs(msg convsMsg) tea.Cmd {
 	}
 	// Subscribe to presence of peers we did not know yet.
 	for _, c := range m.convs {
-		if p := c.ID.Peer(); p != "" {
-			if _, ok := m.presence[p]; !ok {
-				cmds = append(cmds, m.loadPresence(p))
-			}
+		if p := c.ID.Peer(); p != "" && !m.presenceAsked[p] {
+			m.presenceAsked[p] = true
+			cmds = append(cmds, m.loadPresence(p))
 		}
 	}
 	return tea.Batch(cmds...)

@@ -197,9 +197,23 @@ func TestGroups(t *testing.T) {
 	b.openFromList("team")
 	c.openFromList("team")
 	a.until("read by all", func() bool { return a.findMsg("hi team").Status == client.StatusRead })
+	// Message info lists every member.
+	a.keys("esc")
+	for a.m.selectedMessage().Text != "hi team" {
+		a.keys("k")
+	}
+	a.keys("I")
+	info := a.m.dialog.(*infoDialog)
+	a.until("both recipients", func() bool { return len(info.recipients) == 2 })
+	for _, r := range info.recipients {
+		if r.Status != client.StatusRead || (r.Account != "bob" && r.Account != "carol") {
+			t.Fatalf("recipients = %+v", info.recipients)
+		}
+	}
+	a.keys("esc")
 
 	// Add dave.
-	a.keys("esc", "+")
+	a.keys("+")
 	a.typeText("dave")
 	a.keys("enter")
 	a.until("dave added", func() bool { return a.m.chat.group != nil && a.m.chat.group.HasMember("dave") })
