@@ -30,7 +30,6 @@ type smokeServer struct {
 	url  string
 	dir  string
 	app  *app.App
-	stop func()
 }
 
 func startServer(t *testing.T) *smokeServer {
