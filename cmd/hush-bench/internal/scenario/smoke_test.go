@@ -27,9 +27,9 @@ import (
 // Figures are not asserted (they are for make bench).
 
 type smokeServer struct {
-	url  string
-	dir  string
-	app  *app.App
+	url string
+	dir string
+	app *app.App
 }
 
 func startServer(t *testing.T) *smokeServer {
