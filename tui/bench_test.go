@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/hushchat/hush/client"
 )
@@ -50,6 +51,35 @@ func BenchmarkStartup10k(b *testing.B) {
 		m.update(m.loadHistory(conv, "")())
 		if len(m.chat.msgs) != pageSize || m.render() == "" {
 			b.Fatalf("loaded %d messages", len(m.chat.msgs))
+		}
+	}
+}
+
+// BenchmarkRender measures one full frame (list + 40 wrapped messages
+// with quotes and ticks) at 120×40: what every keystroke costs.
+func BenchmarkRender(b *testing.B) {
+	c := openClient(b, filepath.Join(b.TempDir(), "p"))
+	m, err := newModel(context.Background(), c, Config{}, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	m.reg, m.me, m.registered = nil, "alice", true
+	m.width, m.height = 120, 40
+	m.layout()
+	conv := client.Direct("bob")
+	now := time.Now()
+	for i := range 200 {
+		m.chat.msgs = append(m.chat.msgs, client.Message{Seq: int64(i + 1), ID: client.MessageID{byte(i), byte(i >> 8)}, Conv: conv,
+			Sender: "bob", Outgoing: i%2 == 0, Status: client.StatusRead, SentAt: now, Kind: client.KindText,
+			Text: "a message of moderate length that wraps once or twice in the conversation pane " + strconv.Itoa(i)})
+	}
+	m.chat.conv, m.chat.name, m.chat.loaded = conv, "bob", true
+	for i := range 30 {
+		m.convs = append(m.convs, client.Conversation{ID: client.Direct("peer" + strconv.Itoa(i)), Name: "peer" + strconv.Itoa(i), Last: &m.chat.msgs[i]})
+	}
+	for b.Loop() {
+		if m.render() == "" {
+			b.Fatal("empty")
 		}
 	}
 }

@@ -80,6 +80,7 @@ type Model struct {
 	typing        map[client.ConvID]map[string]time.Time
 
 	chat    chatState
+	blocks  map[string][]string // rendered messages (see renderMessage)
 	input   textarea.Model
 	replyTo *client.Message
 
@@ -135,6 +136,7 @@ func newModel(ctx context.Context, c *client.Client, cfg Config, opts Options) (
 		contacts:      map[string]client.Contact{},
 		presence:      map[string]client.PresenceEvent{},
 		presenceAsked: map[string]bool{},
+		blocks:        map[string][]string{},
 		typing:        map[client.ConvID]map[string]time.Time{},
 	}
 	if len(opts.NotifyCommand) > 0 {

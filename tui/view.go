@@ -416,11 +416,31 @@ func (m *Model) scrollToSelection() {
 
 // renderMessage draws message i of the open conversation (with the day
 // separator before it when its day differs from the previous message's).
+//
+// Blocks are cached: a message's block changes only with the width, its
+// status, the selection and its day label, which make up the key.
 func (m *Model) renderMessage(i, w int, selected bool) []string {
 	msg := &m.chat.msgs[i]
-	var out []string
+	label := ""
 	if i == 0 || !sameDay(m.chat.msgs[i-1].SentAt.Local(), msg.SentAt.Local()) {
-		label := " " + dayLabel(msg.SentAt, m.now()) + " "
+		label = dayLabel(msg.SentAt, m.now())
+	}
+	key := fmt.Sprintf("%s|%d|%t|%d|%s|%s", msgKey(msg), w, selected, msg.Status, msg.Error, label)
+	if out, ok := m.blocks[key]; ok {
+		return out
+	}
+	out := m.drawMessage(msg, label, w, selected)
+	if len(m.blocks) >= 4096 {
+		clear(m.blocks)
+	}
+	m.blocks[key] = out
+	return out
+}
+
+func (m *Model) drawMessage(msg *client.Message, dayLabel string, w int, selected bool) []string {
+	var out []string
+	if dayLabel != "" {
+		label := " " + dayLabel + " "
 		side := max(0, (w-lipgloss.Width(label))/2)
 		out = append(out, m.st.dim.Render(strings.Repeat("─", side)+label+strings.Repeat("─", max(0, w-side-lipgloss.Width(label)))))
 	}
