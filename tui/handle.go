@@ -368,7 +368,7 @@ func (m *Model) submit() tea.Cmd {
 
 func (m *Model) blockedReason() string {
 	if ch := m.changedMembers(); len(ch) > 0 {
-		return strings.Join(ch, ", ") + "'s identity key changed: accept it with " + m.keys.First(ActAccept)
+		return strings.Join(ch, ", ") + "'s key changed: " + m.keys.First(ActAccept) + " accepts it"
 	}
 	if m.chat.conv.IsGroup() && m.chat.group != nil && !m.chat.group.Active {
 		return "you are no longer a member of this group"

@@ -502,6 +502,9 @@ func (m *Model) mergeMessages(in []client.Message) {
 			ch.msgs[i] = msg
 			continue
 		}
+		if ch.hasOlder && len(ch.msgs) > 0 && msg.Seq < ch.msgs[0].Seq {
+			continue // before the loaded window: paging up loads it
+		}
 		j, _ := slices.BinarySearchFunc(ch.msgs, msg.Seq, func(x client.Message, s int64) int {
 			switch {
 			case x.Seq < s:
@@ -573,7 +576,18 @@ func (m *Model) onHistory(msg historyMsg) tea.Cmd {
 	case msg.older:
 		ch.loadingOlder = false
 		ch.hasOlder = msg.hasMore
-		ch.msgs = append(slices.Clone(msg.msgs), ch.msgs...)
+		// Events may have delivered some of these already.
+		have := map[string]bool{}
+		for i := range ch.msgs {
+			have[msgKey(&ch.msgs[i])] = true
+		}
+		var older []client.Message
+		for _, x := range msg.msgs {
+			if !have[msgKey(&x)] {
+				older = append(older, x)
+			}
+		}
+		ch.msgs = append(older, ch.msgs...)
 		return m.maybeLoadOlder()
 	default:
 		m.mergeMessages(msg.msgs)

@@ -272,7 +272,7 @@ func (m *Model) chatView(w, h int) []string {
 	if m.inputAllowed() {
 		out = append(out, strings.Split(m.input.View(), "\n")...)
 	} else {
-		out = append(out, m.st.warn.Render(" sending is blocked: "+m.blockedReason()))
+		out = append(out, m.st.warn.Render(" ⚠ blocked: "+m.blockedReason()))
 	}
 	for len(out) < h {
 		out = append(out, "")
@@ -479,11 +479,13 @@ func (m *Model) drawMessage(msg *client.Message, dayLabel string, w int, selecte
 	bodyStyle := m.st.text
 	switch msg.Kind {
 	case client.KindUndecryptable:
+		// The client's reason reads "could not be decrypted (…); the
+		// sender was asked to send it again".
 		reason := msg.Error
 		if reason == "" {
-			reason = "decryption failed"
+			reason = "could not be decrypted"
 		}
-		body = "⚠ could not decrypt this message (" + reason + "); " + msg.Sender + " was asked to send it again"
+		body = "⚠ this message " + reason
 		bodyStyle = m.st.warn
 	case client.KindAttachment:
 		body = messageText(msg)

@@ -34,7 +34,7 @@ func TestMessageKinds(t *testing.T) {
 	id := func(b byte) client.MessageID { return client.MessageID{b} }
 	m.chat = chatState{conv: conv, name: "bob", loaded: true, msgs: []client.Message{
 		{Seq: 1, ID: id(1), Conv: conv, Sender: "bob", SentAt: yesterday, Kind: client.KindText, Text: "from yesterday"},
-		{Seq: 2, ID: id(2), Conv: conv, Sender: "bob", SentAt: now, Kind: client.KindUndecryptable, Error: "bad mac"},
+		{Seq: 2, ID: id(2), Conv: conv, Sender: "bob", SentAt: now, Kind: client.KindUndecryptable, Error: "could not be decrypted (no session); the sender was asked to send it again"},
 		{Seq: 3, ID: id(3), Conv: conv, Sender: "bob", SentAt: now, Kind: client.KindAttachment,
 			Attachment: &client.Attachment{FileName: "report.pdf", Size: 3 << 20, Caption: "the report"}},
 		{Seq: 4, ID: id(4), Conv: conv, Sender: "alice", Outgoing: true, SentAt: now, Kind: client.KindText, Text: "lost", Status: client.StatusFailed, Error: "no such account"},
@@ -44,7 +44,7 @@ func TestMessageKinds(t *testing.T) {
 	scr := d.screen()
 	for _, want := range []string{
 		"Yesterday", "Today", "bob: from yesterday",
-		"⚠ could not decrypt this message (bad", "mac); bob was asked to send it again",
+		"bob: ⚠ this message could not be decrypted (no", "session); the sender was asked to send it", "again",
 		"[report.pdf] the report (3.0 MB)",
 		"alice: lost", "✗", "not sent: no such account",
 		"alice: queued", "◷", "alice: stored",
