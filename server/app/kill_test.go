@@ -137,7 +137,7 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 	}
 	firstRun := append([]bool(nil), acked...)
 
-	p = startProcess(t, dir, addr) // same data, same address
+	startProcess(t, dir, addr) // same data, same address; stopped by its cleanup
 	for _, d := range []*device{alice, bob} {
 		d.login(t)
 	}
