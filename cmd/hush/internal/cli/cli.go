@@ -150,7 +150,7 @@ var commands []*command
 func init() {
 	commands = []*command{
 		cmdRegister, cmdLink, cmdWhoami, cmdDevices, cmdDevicesRemove,
-		cmdSend, cmdReceive, cmdListen, cmdRead,
+		cmdSend, cmdSave, cmdReceive, cmdListen, cmdRead,
 		cmdHistory, cmdConversations, cmdContacts,
 		cmdGroupCreate, cmdGroupAdd, cmdGroupRemove, cmdGroupLeave, cmdGroupRename, cmdGroupList,
 		cmdSafety, cmdVerify, cmdTrust,

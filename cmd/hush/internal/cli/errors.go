@@ -10,6 +10,7 @@ import (
 
 	"github.com/hushchat/hush/client"
 	"github.com/hushchat/hush/keyserver/ksclient"
+	"github.com/hushchat/hush/server/media/mediaclient"
 )
 
 // exitError carries an explicit exit code.
@@ -61,8 +62,10 @@ func isNetwork(err error) bool {
 		return true
 	}
 	var ke *ksclient.Error
+	var me *mediaclient.Error
 	// 502/503/504: a proxy or the server says it cannot serve now.
-	return errors.As(err, &ke) && ke.Status >= 502 && ke.Status <= 504
+	return (errors.As(err, &ke) && ke.Status >= 502 && ke.Status <= 504) ||
+		(errors.As(err, &me) && me.Status >= 502 && me.Status <= 504)
 }
 
 // describe words an error for stderr, with the next step where there is

@@ -14,8 +14,8 @@ import (
 
 var cmdSend = &command{
 	name:    "send",
-	args:    "[flags] NAME TEXT… | [flags] --group GROUP TEXT…",
-	summary: "send a message to an account or a group and wait until the server has it",
+	args:    "[flags] NAME TEXT… | [flags] --group GROUP TEXT… | [flags] --file PATH (NAME | --group GROUP) [CAPTION…]",
+	summary: "send a message or a file to an account or a group and wait until the server has it",
 	detail: `Prints the message id (32 hex digits) as soon as the message is stored in the
 profile, then waits until the relay acknowledged it (✓). Exit 0 means the
 relay stored it for every recipient device.
@@ -28,7 +28,15 @@ When the relay does not acknowledge within --timeout the exit code is 4: the
 message stays queued in the profile and goes out the next time hush connects
 with it (any command that connects: send, receive, listen, read). When a
 recipient's identity key changed, the exit code is 3 and nothing is sent
-until 'hush trust NAME'.`,
+until 'hush trust NAME'.
+
+With --file PATH the file is encrypted on this device, uploaded to the
+server's media store (which only ever sees ciphertext), and the message
+carries its key, name, type and size; the remaining arguments are an
+optional caption. Images (PNG, JPEG, GIF) also carry a small preview and
+their dimensions, inside the encrypted message. A group file is uploaded
+once for all members. Upload progress is shown on stderr when it is a
+terminal. The server limits the size of a file (100 MiB by default).`,
 	run: runSend,
 }
 
@@ -37,6 +45,7 @@ func runSend(ctx context.Context, a *app, args []string) error {
 	group := fs.String("group", "", "send to `GROUP` (its name, or its id or an id prefix of 6+ hex digits)")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long to wait for the relay's acknowledgement")
 	quote := fs.String("quote", "", "reply to the message with this `ID` (from the same conversation)")
+	file := fs.String("file", "", "send the file at `PATH` (the text, if any, is its caption)")
 	pos, err := fs.parse(args, true)
 	if err != nil {
 		return err
@@ -54,7 +63,15 @@ func runSend(ctx context.Context, a *app, args []string) error {
 		}
 		pos = pos[1:]
 	}
-	text, err := textArg(fs.cmd.name, pos, a.env.Stdin)
+	var text string
+	if *file != "" {
+		text, err = captionArg(fs.cmd.name, pos, a.env.Stdin)
+		if err == nil {
+			err = checkSendFile(fs.cmd.name, *file)
+		}
+	} else {
+		text, err = textArg(fs.cmd.name, pos, a.env.Stdin)
+	}
 	if err != nil {
 		return err
 	}
@@ -87,9 +104,12 @@ func runSend(ctx context.Context, a *app, args []string) error {
 		opts = append(opts, client.WithQuote(q))
 	}
 	var id client.MessageID
-	if *group != "" {
+	switch {
+	case *file != "":
+		id, err = a.sendFile(ctx, c, to, gid, *file, text, opts)
+	case *group != "":
 		id, err = c.SendGroup(ctx, gid, text, opts...)
-	} else {
+	default:
 		id, err = c.Send(ctx, to, text, opts...)
 	}
 	if err != nil {
