@@ -35,6 +35,9 @@ type Config struct {
 	// conversation; {from}, {conv} and {text} in its arguments are
 	// replaced.
 	NotifyCommand []string `toml:"notify_command"`
+	// OpenCommand opens a downloaded file; {path} is replaced (default
+	// xdg-open {path}).
+	OpenCommand []string `toml:"open_command"`
 	// ServerURL prefills the register screen.
 	ServerURL string `toml:"server_url"`
 }
@@ -110,6 +113,9 @@ func ParseConfig(data []byte) (Config, error) {
 	}
 	if len(cfg.NotifyCommand) > 0 && cfg.NotifyCommand[0] == "" {
 		return Config{}, errors.New("notify_command: the program name is empty")
+	}
+	if len(cfg.OpenCommand) > 0 && cfg.OpenCommand[0] == "" {
+		return Config{}, errors.New("open_command: the program name is empty")
 	}
 	return cfg, nil
 }

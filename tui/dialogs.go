@@ -242,6 +242,7 @@ func newHelpDialog(m *Model) *helpDialog {
 		"  /add NAME… · /remove NAME…   change group members",
 		"  /leave · /rename NAME        leave or rename the group",
 		"  /search WORDS                search this conversation",
+		"  /file PATH                   send a file",
 		"  /mute                        mute / unmute",
 		"  /safety [NAME] · /trust      safety number · accept a changed key",
 		"  /help · /quit",

@@ -85,6 +85,13 @@ func (m *Model) convAction(msg tea.KeyPressMsg) tea.Cmd {
 		return m.setFocus(paneInput)
 	case k.Is(msg, ActSafety):
 		return m.openSafety("")
+	case k.Is(msg, ActAttach):
+		if !m.inputAllowed() {
+			m.setFlash("sending is blocked: "+m.blockedReason(), true)
+			return nil
+		}
+		m.dialog = newFileDialog(m)
+		return m.dialog.(*formDialog).focusCmd()
 	case k.Is(msg, ActAccept):
 		return m.acceptIdentity()
 	case k.Is(msg, ActAddMember), k.Is(msg, ActRemove), k.Is(msg, ActLeave), k.Is(msg, ActRename):
@@ -232,6 +239,17 @@ func (m *Model) chatKey(msg tea.KeyPressMsg) (tea.Cmd, bool) {
 		return m.setFocus(paneList), true
 	case k.Is(msg, ActReply):
 		return m.startReply(), true
+	case k.Is(msg, ActSave):
+		if sel, ok := m.selectedAttachment(); ok {
+			m.dialog = newSaveDialog(m, *sel.Attachment)
+			return m.dialog.(*formDialog).focusCmd(), true
+		}
+		return nil, true
+	case k.Is(msg, ActOpenFile):
+		if sel, ok := m.selectedAttachment(); ok {
+			return m.openFile(*sel.Attachment), true
+		}
+		return nil, true
 	case k.Is(msg, ActOpen), k.Is(msg, ActInfo):
 		if sel := m.selectedMessage(); sel != nil {
 			m.dialog = newInfoDialog(m, *sel)
@@ -308,6 +326,10 @@ func (m *Model) inputKey(msg tea.KeyPressMsg) tea.Cmd {
 		return m.cycleFocus(1)
 	case k.Is(msg, ActPrevPane):
 		return m.cycleFocus(-1)
+	case msg.Text == "" && k.Is(msg, ActAttach):
+		// Only a non-text key (ctrl+o) attaches from the input.
+		m.dialog = newFileDialog(m)
+		return m.dialog.(*formDialog).focusCmd()
 	case k.Is(msg, ActScrollUp), msg.String() == "pgup":
 		return m.scrollChat(max(1, m.messageRows()-1))
 	case k.Is(msg, ActScrollDown), msg.String() == "pgdown":
@@ -419,6 +441,11 @@ func (m *Model) command(line string) (tea.Cmd, error) {
 			return nil, fmt.Errorf("usage: /rename NAME")
 		}
 		return m.renameGroup(rest), nil
+	case "/file":
+		if rest == "" {
+			return nil, fmt.Errorf("usage: /file PATH")
+		}
+		return m.sendFile(rest, ""), nil
 	case "/search":
 		cmd := m.openSearch(m.chat.conv)
 		m.dialog.(*searchDialog).setQuery(m, rest)

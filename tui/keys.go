@@ -46,6 +46,9 @@ const (
 	ActQuit       Action = "quit"
 	ActForceQuit  Action = "force_quit"
 	ActNextUnread Action = "next_unread"
+	ActAttach     Action = "send_file"
+	ActSave       Action = "save_file"
+	ActOpenFile   Action = "open_file"
 	ActScrollUp   Action = "scroll_up"
 	ActScrollDown Action = "scroll_down"
 )
@@ -82,6 +85,9 @@ var defaultBindings = []binding{
 	{ActInfo, []string{"I"}, "message info (per-member delivery)", "Messages"},
 	{ActSearch, []string{"/"}, "search this conversation (everywhere from the list)", "Messages"},
 	{ActSearchAll, []string{"S"}, "search all conversations", "Messages"},
+	{ActAttach, []string{"ctrl+o", "f"}, "send a file (path prompt; ctrl+o also in the input)", "Files"},
+	{ActSave, []string{"s"}, "save the selected file", "Files"},
+	{ActOpenFile, []string{"o"}, "open the selected file (downloads it to a temp dir)", "Files"},
 
 	{ActNewChat, []string{"n"}, "new chat with a user name", "Conversations"},
 	{ActNewGroup, []string{"N"}, "create a group", "Conversations"},

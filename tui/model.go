@@ -90,6 +90,9 @@ type Model struct {
 
 	dialog dialog
 
+	transfers    []*transfer
+	nextTransfer int
+
 	flash    string
 	flashErr bool
 	flashAt  time.Time
@@ -297,6 +300,10 @@ func (m *Model) update(msg tea.Msg) tea.Cmd {
 			m.presence[msg.name] = msg.p
 		}
 		return nil
+	case progressMsg:
+		return m.onProgress(msg)
+	case transferDoneMsg:
+		return m.onTransferDone(msg)
 	case notifyDoneMsg:
 		if msg.err != nil {
 			m.setFlash("notify command: "+msg.err.Error(), true)

@@ -197,7 +197,7 @@ func (m *Model) inputRows() int {
 	if m.replyTo != nil {
 		n++
 	}
-	return n
+	return n + len(m.transfers)
 }
 
 func (m *Model) bannerLines(w int) []string {
@@ -260,12 +260,16 @@ func (m *Model) chatView(w, h int) []string {
 	_, rows := m.messageArea()
 	lines, _ := m.chatLines(w, rows)
 	out = append(out, lines...)
+	out = append(out, m.transferLines(w)...)
 	if r := m.replyTo; r != nil {
 		out = append(out, m.st.dim.Render(fit(" ↳ replying to "+r.Sender+": "+oneLine(messageText(r)), w-12))+m.st.dim.Render(" esc cancels"))
 	}
 	hint := " " + m.keys.First(ActSend) + " send · " + m.keys.First(ActNewline) + " new line · " + m.keys.First(ActCancel) + " back "
 	if m.focus != paneInput {
 		hint = " " + m.keys.First(ActCompose) + " write · " + m.keys.First(ActReply) + " reply · " + m.keys.First(ActHelp) + " help "
+		if sel := m.selectedMessage(); m.focus == paneChat && sel != nil && sel.Kind == client.KindAttachment {
+			hint = " " + m.keys.First(ActSave) + " save · " + m.keys.First(ActOpenFile) + " open · " + m.keys.First(ActReply) + " reply "
+		}
 	}
 	rule := strings.Repeat("─", 2) + hint
 	out = append(out, m.st.border.Render(fit(rule+strings.Repeat("─", max(0, w-lipgloss.Width(rule))), w)))
