@@ -332,6 +332,7 @@ read = "39"
 		{`colour = 1`, `unknown setting(s): colour`},
 		{`[keys]` + "\n" + `quit = [""]`, `bad key`},
 		{`notify_command = [""]`, `program name is empty`},
+		{`open_command = [""]`, `open_command: the program name is empty`},
 		{`bell = "yes"`, `bell`},
 	} {
 		if _, err := ParseConfig([]byte(bad.in)); err == nil || !strings.Contains(err.Error(), bad.want) {
