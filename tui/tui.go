@@ -77,6 +77,8 @@ func Run(ctx context.Context, c *client.Client, opts Options) error {
 	}
 	p := tea.NewProgram(m, popts...)
 	_, err = p.Run()
+	// The UI marks the client inactive while the terminal lacks focus;
+	// leave it active for whoever uses the client next.
 	c.SetActive(true)
 	if err != nil && !errors.Is(err, tea.ErrProgramKilled) {
 		return fmt.Errorf("tui: %w", err)
