@@ -5,7 +5,8 @@
 // bottom-anchored message view that renders only the messages on
 // screen and loads older history a page at a time), a multi-line input
 // and at most one dialog (help, new chat, groups, search, message info,
-// safety number, register). Each part has its own keys, all from one
+// safety number with a QR code, file prompts, register). File uploads and
+// downloads report progress through a channel read by a re-armed command. Each part has its own keys, all from one
 // KeyMap that the config file can rebind, and its own size, set by the
 // root on every resize.
 //
