@@ -319,7 +319,10 @@ func (c *Client) upload(ctx context.Context, r io.Reader, size int64, o fileOpti
 				return nil, err
 			}
 			a.Width, a.Height = w, h
-			if !o.noThumbnail {
+			// The preview must leave room for the caption in one
+			// message (protocol.MaxContentSize, also inside the copy
+			// for this account's other devices).
+			if !o.noThumbnail && len(thumb)+len(o.caption) <= protocol.MaxContentSize-16<<10 {
 				a.Thumbnail = thumb
 			}
 		}
