@@ -8,6 +8,10 @@
 //     signature checked before any state is written;
 //   - duplicate delivery reported as ErrDuplicateMessage instead of a generic
 //     library error, so a relay retry never yields a second plaintext;
+//   - trial decryption that changes nothing but the session state that
+//     accepts the message: the library's damaged the states that refused
+//     it, which broke sessions for good after simultaneous session starts
+//     and resets (decrypt.go);
 //   - sender-key groups with rotation after a member is removed;
 //   - Signal's safety numbers (iterated SHA-512, 5,200 rounds) and their
 //     scannable form — the library only formats digits;

@@ -42,6 +42,12 @@ func newFuzzPair(tb testing.TB) *fuzzPair {
 	c, _ := carol.Encrypt(ctx, fp.bob.Address(), []byte("carol"))
 	fp.prekeyMsgs = append(fp.prekeyMsgs, c.Body)
 
+	// Bob starts a session of his own with alice at the same moment, so his
+	// record holds two states and the trial decryption of archived states
+	// is fuzzed too.
+	connect(tb, fp.bob, fp.alice, -1)
+	own, _ := fp.bob.Encrypt(ctx, fp.alice.Address(), []byte("bob's own session"))
+
 	c, _ = fp.alice.Encrypt(ctx, fp.bob.Address(), []byte("first"))
 	if _, err := fp.bob.Decrypt(ctx, fp.alice.Address(), c); err != nil {
 		tb.Fatal(err)
@@ -54,6 +60,13 @@ func newFuzzPair(tb testing.TB) *fuzzPair {
 		c, _ := fp.alice.Encrypt(ctx, fp.bob.Address(), []byte(s))
 		fp.signalMsgs = append(fp.signalMsgs, c.Body)
 	}
+	// Alice takes bob's session: her next message is for the state bob has
+	// archived.
+	if _, err := fp.alice.Decrypt(ctx, fp.bob.Address(), own); err != nil {
+		tb.Fatal(err)
+	}
+	c, _ = fp.alice.Encrypt(ctx, fp.bob.Address(), []byte("on bob's archived session"))
+	fp.signalMsgs = append(fp.signalMsgs, c.Body)
 	fp.skdm, _ = fp.alice.GroupDistribution(ctx, fp.group)
 	if err := fp.bob.ProcessDistribution(ctx, fp.group, fp.alice.Address(), fp.skdm); err != nil {
 		tb.Fatal(err)

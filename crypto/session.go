@@ -333,10 +333,13 @@ func (p *Protocol) Encrypt(ctx context.Context, remote Address, plaintext []byte
 
 // Decrypt decrypts a pairwise message from remote. A PreKeySignalMessage
 // builds (or rebuilds) the session first and consumes the one-time prekey
-// it names. Failures change nothing; the typed errors are
-// ErrDuplicateMessage (already decrypted: drop it), *UntrustedIdentityError,
-// ErrNoSession, ErrUnknownPreKey, ErrTooFarInFuture, ErrMessageTooLarge and
-// ErrInvalidMessage.
+// it names. The message is tried on the current session state and then on
+// the archived ones (simultaneous session starts and resets leave several),
+// each on a copy: only the state that decrypts it changes, and it becomes
+// the current one (see decrypt.go). Failures change nothing; the typed
+// errors are ErrDuplicateMessage (already decrypted: drop it),
+// *UntrustedIdentityError, ErrNoSession, ErrUnknownPreKey,
+// ErrTooFarInFuture, ErrMessageTooLarge and ErrInvalidMessage.
 func (p *Protocol) Decrypt(ctx context.Context, remote Address, c Ciphertext) ([]byte, error) {
 	if err := remote.Validate(); err != nil {
 		return nil, fmt.Errorf("decrypt: %w", err)
@@ -352,10 +355,8 @@ func (p *Protocol) Decrypt(ctx context.Context, remote Address, c Ciphertext) ([
 		var pt []byte
 		err = p.atomic(ctx, what, func(ctx context.Context) error {
 			l := p.lib()
-			builder := session.NewBuilder(l, l, l, l, remote.signal(), serializer)
 			var err error
-			pt, err = session.NewCipher(builder, remote.signal()).DecryptMessage(ctx, msg)
-			if err != nil {
+			if pt, err = p.decryptPreKey(ctx, l, remote, msg); err != nil {
 				return p.mapErr(what, err, l)
 			}
 			return nil
@@ -373,10 +374,8 @@ func (p *Protocol) Decrypt(ctx context.Context, remote Address, c Ciphertext) ([
 		var pt []byte
 		err = p.atomic(ctx, what, func(ctx context.Context) error {
 			l := p.lib()
-			cipher := session.NewCipherFromSession(remote.signal(), l, l, l, serializer.PreKeySignalMessage, serializer.SignalMessage)
 			var err error
-			pt, err = cipher.Decrypt(ctx, msg)
-			if err != nil {
+			if pt, err = p.decryptSignal(ctx, l, remote, msg); err != nil {
 				return p.mapErr(what, err, l)
 			}
 			return nil
