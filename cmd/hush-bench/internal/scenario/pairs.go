@@ -65,6 +65,9 @@ type pairsOutcome struct {
 	// serverCPUus and genCPUus: server and generator CPU time per
 	// delivered message in the window.
 	serverCPUus, genCPUus float64
+	// cores: CPU time of server and generator per second of the window
+	// (out of runtime.NumCPU(); the rest went to other processes or idle).
+	cores float64
 	// lateSends: sends that left more than 1 ms after their schedule
 	// (rate mode: the generator could not keep up).
 	lateSends int64
@@ -375,6 +378,9 @@ func (r *Runner) runPairs(ctx context.Context, o PairsOptions) (*pairsOutcome, e
 		}
 		if genEnd > 0 {
 			out.genCPUus = (genEnd - genStart) / n * 1e6
+		}
+		if cpuEnd.cpu > 0 && genEnd > 0 {
+			out.cores = (cpuEnd.cpu - cpuStart.cpu + genEnd - genStart) / o.Duration.Seconds()
 		}
 	}
 

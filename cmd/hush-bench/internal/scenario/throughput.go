@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/hushchat/hush/cmd/hush-bench/internal/loadgen"
@@ -44,6 +45,10 @@ type ThroughputResult struct {
 	// GeneratorCPUus: hush-bench's own CPU time per message (it shares
 	// the machine with the server).
 	GeneratorCPUus float64 `json:"generator_cpu_us_per_msg,omitempty"`
+	// CoresUsed: server plus generator CPU seconds per second of the
+	// window; below the machine's core count at saturation means other
+	// processes took the rest.
+	CoresUsed float64 `json:"cores_used,omitempty"`
 }
 
 // Throughput runs the throughput scenario.
@@ -70,6 +75,7 @@ func (res *ThroughputResult) fill(out *pairsOutcome) {
 	res.SendAckMs = out.sendAck
 	res.ServerCPUus = round(out.serverCPUus, 1)
 	res.GeneratorCPUus = round(out.genCPUus, 1)
+	res.CoresUsed = round(out.cores, 2)
 }
 
 // Rows implements Result.
@@ -85,7 +91,8 @@ func (res *ThroughputResult) Rows() [][2]string {
 		latencyRow("latency send→SendAck", res.SendAckMs),
 	}
 	if res.ServerCPUus > 0 {
-		rows = append(rows, [2]string{"CPU per message: server / hush-bench", fmt.Sprintf("%s / %s µs", num(res.ServerCPUus), num(res.GeneratorCPUus))})
+		rows = append(rows, [2]string{"CPU per message: server / hush-bench", fmt.Sprintf("%s / %s µs", num(res.ServerCPUus), num(res.GeneratorCPUus))},
+			[2]string{"cores used by server + hush-bench", fmt.Sprintf("%s of %d", num(res.CoresUsed), runtime.NumCPU())})
 	}
 	return rows
 }
