@@ -34,6 +34,7 @@ type stmtCache struct {
 	mu      sync.Mutex
 	m       map[string]*sql.Stmt
 	pending map[string]bool
+	closed  bool
 }
 
 func newStmtCache(pool *sql.DB) *stmtCache {
@@ -42,6 +43,12 @@ func newStmtCache(pool *sql.DB) *stmtCache {
 
 func (c *stmtCache) get(ctx context.Context, query string, inTx bool) (*sql.Stmt, error) {
 	c.mu.Lock()
+	if c.closed {
+		// A caller racing Close (a UI command still in flight) gets the
+		// pool's own "database is closed" from the plain call.
+		c.mu.Unlock()
+		return nil, errCacheClosed
+	}
 	st, ok := c.m[query]
 	if !ok && inTx {
 		c.pending[query] = true
@@ -59,6 +66,10 @@ func (c *stmtCache) get(ctx context.Context, query string, inTx bool) (*sql.Stmt
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		st.Close()
+		return nil, errCacheClosed
+	}
 	if old, ok := c.m[query]; ok {
 		st.Close()
 		return old, nil
@@ -67,7 +78,10 @@ func (c *stmtCache) get(ctx context.Context, query string, inTx bool) (*sql.Stmt
 	return st, nil
 }
 
-var errNotPrepared = errors.New("statement not prepared yet")
+var (
+	errNotPrepared = errors.New("statement not prepared yet")
+	errCacheClosed = errors.New("statement cache closed")
+)
 
 // preparePending prepares the statements first seen inside transactions.
 func (c *stmtCache) preparePending(ctx context.Context) {
@@ -90,6 +104,7 @@ func (c *stmtCache) close() {
 		st.Close()
 	}
 	c.m = nil
+	c.closed = true
 }
 
 // cached is a querier that runs each query on a cached prepared
