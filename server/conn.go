@@ -55,8 +55,10 @@ type conn struct {
 	cursor         uint64 // highest id delivered on this connection
 	rescan         bool   // a bell named an id ≤ cursor: read from rescanAfter
 	rescanAfter    uint64
-	fetching       bool                // a rescan's Fetch is running
-	ackedDuring    map[uint64]struct{} // ids acked while it ran
+	fetching       bool                // a Fetch is running
+	fetchRescan    bool                // … and it is a rescan
+	ackedDuring    map[uint64]struct{} // ids acked while a rescan ran
+	bellsDuring    []uint64            // bell ids that rang while a fetch ran
 	pending        []pendingEntry
 	pendingBytes   int
 	unacked        map[uint64]struct{}
@@ -289,7 +291,7 @@ func (c *conn) handleAck(ids []uint64) {
 	for _, id := range ids {
 		delete(c.unacked, id)
 	}
-	if c.fetching {
+	if c.fetching && c.fetchRescan {
 		// A rescan reading now may have seen these rows before the ack
 		// deleted them: it must not deliver them again.
 		if c.ackedDuring == nil {

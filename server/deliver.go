@@ -168,6 +168,11 @@ func (c *conn) bell(id uint64) {
 		c.mu.Unlock()
 		return
 	}
+	if c.fetching {
+		// The fetch in flight may already have read past id without
+		// seeing it: look again when it ends.
+		c.bellsDuring = append(c.bellsDuring, id)
+	}
 	if id == 0 || id <= c.cursor {
 		if _, delivered := c.unacked[id]; delivered && id != 0 {
 			c.mu.Unlock()
@@ -183,6 +188,14 @@ func (c *conn) bell(id uint64) {
 	c.fetchGen++
 	c.mu.Unlock()
 	c.kick()
+}
+
+// endFetchLocked clears what a fetch in flight records.
+func (c *conn) endFetchLocked() {
+	c.fetching, c.fetchRescan, c.ackedDuring = false, false, nil
+	if cap(c.bellsDuring) > 64 {
+		c.bellsDuring = nil // do not keep a burst's worth of memory
+	}
 }
 
 // startRescanLocked makes the next fetches read from after (see the file
@@ -326,8 +339,8 @@ func (c *conn) fetchLocked() (frames [][]byte, queueEmpty, more bool) {
 	rescan, rescanFrom := c.rescan, c.rescanAfter
 	if rescan {
 		after = rescanFrom
-		c.fetching, c.ackedDuring = true, nil
 	}
+	c.fetching, c.fetchRescan, c.ackedDuring, c.bellsDuring = true, rescan, nil, c.bellsDuring[:0]
 	limit := min(protocol.MaxDeliverBatch, c.windowLocked())
 	c.mu.Unlock()
 
@@ -348,7 +361,7 @@ func (c *conn) fetchLocked() (frames [][]byte, queueEmpty, more bool) {
 		c.r.log.Warn("queue fetch failed; retrying", "account", c.dev.Account, "device", c.dev.ID, "err", err)
 		c.mu.Lock()
 		c.fetchBackoff = true
-		c.fetching, c.ackedDuring = false, nil
+		c.endFetchLocked()
 		c.mu.Unlock()
 		time.AfterFunc(time.Second, func() {
 			c.mu.Lock()
@@ -360,8 +373,8 @@ func (c *conn) fetchLocked() (frames [][]byte, queueEmpty, more bool) {
 	}
 
 	c.mu.Lock()
-	ackedDuring := c.ackedDuring
-	c.fetching, c.ackedDuring = false, nil
+	ackedDuring, bellsDuring := c.ackedDuring, c.bellsDuring
+	c.endFetchLocked()
 	if c.dead {
 		c.mu.Unlock()
 		return nil, false, false
@@ -410,6 +423,16 @@ func (c *conn) fetchLocked() (frames [][]byte, queueEmpty, more bool) {
 	}
 	c.markUnackedLocked(envs)
 	c.dropDeliveredLocked(envs)
+	// A bell that rang while this fetch ran may name an id the fetch did
+	// not see (stored after it read that range) and that is now below the
+	// cursor, or below where a rescan got to: rescan from there.
+	for _, id := range bellsDuring {
+		if id <= c.cursor {
+			if _, ok := c.unacked[id]; !ok {
+				c.startRescanLocked(max(id, 1) - 1)
+			}
+		}
+	}
 	wait, waitFor := false, upTo
 	switch {
 	case horizonCut:

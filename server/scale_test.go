@@ -587,3 +587,122 @@ func TestLocalSendBelowForeignCursorDelivered(t *testing.T) {
 		})
 	}
 }
+
+// slowFetch holds each Fetch's answer for a while after reading it, so a
+// test can store and ring something while a fetch is in flight.
+type slowFetch struct {
+	queue.Store
+	hold  atomic.Int64 // nanoseconds
+	reads chan struct{}
+}
+
+func (s *slowFetch) Fetch(ctx context.Context, d queue.Device, after uint64, limit int) ([]queue.Message, error) {
+	msgs, err := s.Store.Fetch(ctx, d, after, limit)
+	if h := time.Duration(s.hold.Load()); h > 0 {
+		select {
+		case s.reads <- struct{}{}:
+		default:
+		}
+		time.Sleep(h)
+	}
+	return msgs, err
+}
+
+// A bell rings while a fetch is in flight, for an envelope stored after
+// the fetch read the queue and below what the fetch returns: once the
+// fetch moves the cursor past it, only a rescan finds it.
+func TestBellDuringFetchBelowNewCursor(t *testing.T) {
+	sf := &slowFetch{reads: make(chan struct{}, 1)}
+	var net testNet
+	nodeA, nodeB := net.node(), net.node()
+	e := newEnv(t, wrapStore(func(s queue.Store) queue.Store { sf.Store = s; return sf }),
+		func(c *Config, _ *queue.Options) { c.Router = nodeA })
+	e.dir.set("bob", 1)
+	bob := e.connect("bob", 1)
+	bob.nextOf("QueueEmpty")
+	put := func(id uint64, payload string) {
+		t.Helper()
+		now := time.Now()
+		if _, err := e.store.Put(context.Background(), queue.Put{
+			ServerID: id, Sender: "carol", SenderDevice: 1, ClientID: newClientID(), ServerTime: now, ExpiresAt: now.Add(time.Hour),
+			Recipients: []queue.Recipient{{Device: dev("bob", 1), Type: 1, Payload: []byte(payload)}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := uint64(time.Now().UnixMilli()-snowflake.Epoch) << 22
+	high, low := base+2<<22|5<<12, base+1<<22|5<<12 // another relay's ids (node 5)
+
+	sf.hold.Store(int64(300 * time.Millisecond))
+	put(high, "high")
+	nodeB.Ring(context.Background(), []routing.Bell{{Device: dev("bob", 1), ServerID: high}})
+	<-sf.reads // the fetch has read the queue (high only) and is held
+	put(low, "low")
+	nodeB.Ring(context.Background(), []routing.Bell{{Device: dev("bob", 1), ServerID: low}})
+	sf.hold.Store(0)
+
+	var got []uint64
+	for len(got) < 2 {
+		for _, env := range bob.nextOf("Deliver").GetDeliver().Envelopes {
+			got = append(got, env.ServerId)
+		}
+	}
+	if len(got) != 2 || got[0] != high || got[1] != low {
+		t.Fatalf("bob got %v, want %d then %d", got, high, low)
+	}
+	bob.noFrame(300 * time.Millisecond)
+}
+
+// A bell below the cursor rings while a rescan is in flight, for an id
+// above where that rescan started but in the range it has already read:
+// the rescan must look again, not carry on past it.
+func TestBellDuringRescanInReadRange(t *testing.T) {
+	sf := &slowFetch{reads: make(chan struct{}, 1)}
+	var net testNet
+	nodeA, nodeB := net.node(), net.node()
+	e := newEnv(t, wrapStore(func(s queue.Store) queue.Store { sf.Store = s; return sf }),
+		func(c *Config, _ *queue.Options) { c.Router = nodeA })
+	e.dir.set("bob", 1)
+	bob := e.connect("bob", 1)
+	bob.nextOf("QueueEmpty")
+	put := func(id uint64) {
+		t.Helper()
+		now := time.Now()
+		if _, err := e.store.Put(context.Background(), queue.Put{
+			ServerID: id, Sender: "carol", SenderDevice: 1, ClientID: newClientID(), ServerTime: now, ExpiresAt: now.Add(time.Hour),
+			Recipients: []queue.Recipient{{Device: dev("bob", 1), Type: 1, Payload: []byte("x")}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ring := func(id uint64) { nodeB.Ring(context.Background(), []routing.Bell{{Device: dev("bob", 1), ServerID: id}}) }
+	base := uint64(time.Now().UnixMilli()-snowflake.Epoch) << 22
+	low, mid, high := base+1<<22|5<<12, base+2<<22|5<<12, base+3<<22|5<<12
+	want := func(id uint64) {
+		t.Helper()
+		envs := bob.nextOf("Deliver").GetDeliver().Envelopes
+		if len(envs) != 1 || envs[0].ServerId != id {
+			t.Fatalf("bob got %v, want %d", envs, id)
+		}
+	}
+	put(high)
+	ring(high)
+	want(high) // cursor = high
+	sf.hold.Store(int64(300 * time.Millisecond))
+	put(low)
+	ring(low) // below the cursor: a rescan from low-1, held after reading
+	<-sf.reads
+	put(mid)
+	ring(mid) // below the cursor, above the rescan's start, stored after it read
+	sf.hold.Store(0)
+	got := map[uint64]bool{}
+	for len(got) < 2 {
+		for _, env := range bob.nextOf("Deliver").GetDeliver().Envelopes {
+			got[env.ServerId] = true
+		}
+	}
+	if !got[low] || !got[mid] {
+		t.Fatalf("bob got %v, want %d and %d", got, low, mid)
+	}
+	bob.noFrame(300 * time.Millisecond)
+}
