@@ -675,7 +675,9 @@ func TestBellDuringRescanInReadRange(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ring := func(id uint64) { nodeB.Ring(context.Background(), []routing.Bell{{Device: dev("bob", 1), ServerID: id}}) }
+	ring := func(id uint64) {
+		nodeB.Ring(context.Background(), []routing.Bell{{Device: dev("bob", 1), ServerID: id}})
+	}
 	base := uint64(time.Now().UnixMilli()-snowflake.Epoch) << 22
 	low, mid, high := base+1<<22|5<<12, base+2<<22|5<<12, base+3<<22|5<<12
 	want := func(id uint64) {
