@@ -38,6 +38,14 @@ func InstallLogger(l *slog.Logger) {
 		l = slog.Default()
 	}
 	libLogger.Store(l.With("component", "libsignal"))
+	installAdapter()
+}
+
+// installAdapter sets the library's global logger exactly once. Every path
+// goes through the Once, which also makes every caller wait until Setup has
+// finished: a goroutine that skipped it while another was still inside
+// Setup would race the library's read of its global logger.
+func installAdapter() {
 	installOnce.Do(func() {
 		var adapter logger.Loggable = slogAdapter{}
 		logger.Setup(&adapter)
@@ -46,9 +54,8 @@ func InstallLogger(l *slog.Logger) {
 
 // ensureLogger installs the default adapter when nobody installed one yet.
 func ensureLogger() {
-	if libLogger.Load() == nil {
-		InstallLogger(nil)
-	}
+	libLogger.CompareAndSwap(nil, slog.Default().With("component", "libsignal"))
+	installAdapter()
 }
 
 type slogAdapter struct{}
