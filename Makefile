@@ -14,7 +14,7 @@ BUF_VERSION := v1.75.0
 PROTOC_GEN_GO_VERSION := v1.36.12
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build run test test-unit bench fuzz lint generate tools testenv-up testenv-down clean
+.PHONY: all build run test test-unit bench bench-go fuzz lint generate tools testenv-up testenv-down clean
 
 all: build
 
@@ -36,7 +36,13 @@ test: testenv-up
 test-unit:
 	$(GO) test -race -count=1 ./...
 
+# hush-bench scenarios against a fresh hush-server each, plus the crypto Go
+# benchmarks; rewrites the "## hush-bench" section of docs/benchmarks.md.
 bench:
+	GO=$(GO) scripts/bench
+
+# Every package's Go micro-benchmarks.
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
 
 # Runs every Fuzz target of every package for FUZZTIME each.
