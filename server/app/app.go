@@ -100,6 +100,9 @@ type App struct {
 	serveErr chan error
 	lost     <-chan struct{} // the node id is gone for good (nil: never)
 
+	readyMu  sync.Mutex
+	readyMsg string // the last readiness answer ("" ready), for logReadiness
+
 	shutdownOnce sync.Once
 	shutdownErr  error
 }
@@ -223,6 +226,26 @@ func openRelayStores(ctx context.Context, a *App, dir string, o RelayOptions, cl
 	return q, wh, nil
 }
 
+// logReadiness logs a change of readiness (a load balancer probes often;
+// the same reason is logged once).
+func (a *App) logReadiness(err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	a.readyMu.Lock()
+	changed := msg != a.readyMsg
+	a.readyMsg = msg
+	a.readyMu.Unlock()
+	switch {
+	case !changed:
+	case err != nil:
+		a.log.Warn("not ready", "err", err)
+	default:
+		a.log.Info("ready")
+	}
+}
+
 // serve starts HTTP on listen with the relay, health, readiness and metrics
 // routes added to mux.
 func (a *App) serve(listen string, mux *http.ServeMux, ready func(context.Context) error) error {
@@ -231,8 +254,9 @@ func (a *App) serve(listen string, mux *http.ServeMux, ready func(context.Contex
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
-		if err := errors.Join(a.relay.Ready(ctx), ready(ctx)); err != nil {
-			a.log.Warn("not ready", "err", err)
+		err := errors.Join(a.relay.Ready(ctx), ready(ctx))
+		a.logReadiness(err)
+		if err != nil {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
