@@ -22,6 +22,9 @@
 //   - TestClusterClockSkewKeepsConversationOrder: two relays whose clocks
 //     differ by seconds; the client orders the conversation by the sender's
 //     counter although the server ids disagree.
+//   - TestClusterFailoverNodeIDLostExits: a relay whose leased node id is
+//     taken by another holder tells its clients to reconnect, shuts down and
+//     exits with status 1.
 //   - TestClusterKeyServersClaimOnce: two key-server processes on one
 //     keyspace; 1,000 concurrent bundle fetches never hand out a one-time
 //     prekey twice, and their rate limits are shared through Redis.

@@ -1,7 +1,10 @@
 package cluster
 
 import (
+	"context"
 	"fmt"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -166,5 +169,61 @@ func TestClusterCassandraOutage(t *testing.T) {
 		st.unavailable.Load(), st.acks.Load(), st.redelivered.Load(), st.reconnects.Load())
 	if st.unavailable.Load() == unavailableBefore {
 		t.Error("no send failed with CODE_UNAVAILABLE during the outage")
+	}
+}
+
+var nodeIDRE = regexp.MustCompile(`hush-relay listening.* node_id=(\d+)`)
+
+// TestClusterFailoverNodeIDLostExits: another holder takes a relay's
+// leased node id (here: the test overwrites the lease in Redis, as a node
+// that leased the same id from a Redis that lost its data would). The
+// relay must stop minting ids, shut down gracefully — its clients are told
+// to reconnect elsewhere — and exit non-zero, so that its restart leases a
+// fresh id.
+func TestClusterFailoverNodeIDLostExits(t *testing.T) {
+	r := testenv.NeedRedis(t)
+	d := newDeployment(t, r.Addr, r.Prefix)
+	d.startKeyserver(true)
+	relay := d.startRelays(relayOptions{name: "relay-a"})[0]
+	m := nodeIDRE.FindStringSubmatch(relay.logs.String())
+	if m == nil {
+		t.Fatalf("no node id in the log:\n%s", relay.logs.String())
+	}
+	u := registerDevice(t, d.keyserver.url(), "user0")
+	conn, err := dialRelay(relay.wsURL(), u.token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.close()
+
+	rdb := r.Client(t)
+	if err := rdb.Set(context.Background(), r.Prefix+"{nodeid}:"+m[1], "another-relay", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-relay.done:
+	case <-time.After(time.Minute):
+		t.Fatalf("the relay kept running after losing its node id:\n%s", relay.logs.String())
+	}
+	if code := relay.cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("exit code %d, want 1:\n%s", code, relay.logs.String())
+	}
+	if !strings.Contains(relay.logs.String(), "node id lease lost") {
+		t.Errorf("the relay did not say why it stopped:\n%s", relay.logs.String())
+	}
+	// Its client was told to go elsewhere before the connection closed.
+	select {
+	case <-conn.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client's connection stayed open")
+	}
+	reconnect := false
+	for len(conn.frames) > 0 {
+		if f := <-conn.frames; f.GetReconnect() != nil {
+			reconnect = true
+		}
+	}
+	if !reconnect {
+		t.Error("the client got no Reconnect frame")
 	}
 }
