@@ -15,13 +15,6 @@ import (
 	"github.com/hushchat/hush/crypto"
 )
 
-func (d *driver) lastMsg() *client.Message {
-	if n := len(d.m.chat.msgs); n > 0 {
-		return &d.m.chat.msgs[n-1]
-	}
-	return nil
-}
-
 func (d *driver) findMsg(text string) *client.Message {
 	for i := range d.m.chat.msgs {
 		if d.m.chat.msgs[i].Text == text {
