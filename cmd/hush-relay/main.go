@@ -115,9 +115,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	c := &o.cfg
 	fs.StringVar(&c.Listen, "listen", e.str("HUSH_RELAY_LISTEN", "127.0.0.1:8082"),
-		"address to serve WebSockets (/v1/ws), /healthz, /readyz and /metrics on (env HUSH_RELAY_LISTEN)")
+		"address to serve WebSockets (/v1/ws), media (/v1/media/), /healthz, /readyz and /metrics on (env HUSH_RELAY_LISTEN)")
 	fs.StringVar(&c.DataDir, "data", e.str("HUSH_RELAY_DATA", ".hush-relay-data"),
-		"data directory, created with mode 0700: queue.db (envelopes waiting for their ack) and\npush.db (push endpoints) (env HUSH_RELAY_DATA)")
+		"data directory, created with mode 0700: queue.db (envelopes waiting for their ack) and\npush.db (push endpoints) unless --cassandra holds them, and media/ for --media disk (env HUSH_RELAY_DATA)")
 	fs.StringVar(&c.KeyServer, "keyserver", e.str("HUSH_KEYSERVER_URL", "http://127.0.0.1:8081"),
 		"base URL of the key server (env HUSH_KEYSERVER_URL)")
 	fs.StringVar(&c.InternalSecret, "internal-secret", "",
