@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/hushchat/hush/crypto"
 	"github.com/hushchat/hush/internal/testenv"
+	"github.com/hushchat/hush/keyserver"
+	kssqlite "github.com/hushchat/hush/keyserver/store/sqlite"
 	"github.com/hushchat/hush/server/media/backend"
 	"github.com/hushchat/hush/server/media/mediaapi"
 	"github.com/hushchat/hush/server/media/mediaclient"
@@ -187,4 +190,57 @@ func mediaRoundTrip(t *testing.T, a *App) uploaded {
 		t.Fatal("the ciphertext contains the plaintext marker")
 	}
 	return uploaded{key: key, cipher: cipher.Bytes(), marker: marker}
+}
+
+// hush-relay mounts the media service too: a slot, an upload and a
+// download through the relay, next to a separate key server.
+func TestStandaloneRelayServesMedia(t *testing.T) {
+	dir := dataDir(t)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	kst, err := kssqlite.Open(context.Background(), filepath.Join(dir, "keys.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kst.Close()
+	key, _, err := keyserver.LoadOrCreateSigningKey(filepath.Join(dir, "signing.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks, err := keyserver.New(keyserver.Config{SigningKey: key, InternalSecret: "sekret", AnonRate: testRate, BundleRate: testRate}, kst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kss := httptest.NewServer(ks.Handler())
+	defer kss.Close()
+	r, err := StartRelay(context.Background(), RelayConfig{Listen: "127.0.0.1:0", DataDir: filepath.Join(dir, "relay"), KeyServer: kss.URL,
+		InternalSecret: "sekret", Relay: RelayOptions{Media: MediaOptions{MaxUpload: 1 << 20}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(t, r)
+	alice := register(t, kss.URL, "alice")
+	mc, err := mediaclient.New(base(r), mediaclient.StaticToken(alice.token), mediaclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := make([]byte, 100_000)
+	rand.Read(blob)
+	ctx := context.Background()
+	slot, err := mc.Upload(ctx, int64(len(blob)), bytes.NewReader(blob), nil)
+	if err != nil {
+		t.Fatalf("upload through hush-relay: %v", err)
+	}
+	var got bytes.Buffer
+	if _, err := mc.Download(ctx, slot.ObjectKey, &got, 0, nil); err != nil || !bytes.Equal(got.Bytes(), blob) {
+		t.Fatalf("download through hush-relay: %d bytes, %v", got.Len(), err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "relay", MediaDir)); err != nil {
+		t.Fatalf("no media directory under the relay's data: %v", err)
+	}
+	var me *mediaclient.Error
+	if _, err := mc.RequestSlot(ctx, 2<<20); !errors.As(err, &me) || me.Code != mediaapi.CodeTooLarge {
+		t.Fatalf("oversize slot through hush-relay: %v", err)
+	}
 }
