@@ -182,6 +182,10 @@ func (r *Relay) doSend(ctx context.Context, from queue.Device, s *protocol.Send,
 	if err != nil {
 		return &protocol.SendAck{ClientId: s.ClientId, Error: r.putError(from, err)}, nil
 	}
+	ack := &protocol.SendAck{ClientId: s.ClientId, ServerId: res.ServerID, ServerTimeMs: res.ServerTime.UnixMilli()}
+	if !res.Duplicate && len(ps.local) == len(put.Recipients) {
+		return ack, nil // everyone is served from memory here: no bells
+	}
 	bells := &doorbells{
 		devices:   make([]queue.Device, len(put.Recipients)),
 		isLocal:   make([]bool, len(put.Recipients)),
@@ -196,7 +200,7 @@ func (r *Relay) doSend(ctx context.Context, from queue.Device, s *protocol.Send,
 			bells.isLocal[l.i] = true
 		}
 	}
-	return &protocol.SendAck{ClientId: s.ClientId, ServerId: res.ServerID, ServerTimeMs: res.ServerTime.UnixMilli()}, bells
+	return ack, bells
 }
 
 // abandon withdraws a Put that will not be stored under its id.
