@@ -148,11 +148,16 @@ func openCassandra(ctx context.Context, a *App, o ClusterOptions, maxQueue int, 
 		cc.Consistency = gocql.LocalQuorum
 	}
 	cc.SerialConsistency = gocql.LocalSerial
-	fallback := gocql.RoundRobinHostPolicy()
-	if o.LocalDC != "" {
-		fallback = gocql.DCAwareRoundRobinPolicy(o.LocalDC)
+	// gocql refuses to share a token-aware policy between sessions, so each
+	// session (the admin one below, then the relay's) gets its own.
+	policy := func() gocql.HostSelectionPolicy {
+		fallback := gocql.RoundRobinHostPolicy()
+		if o.LocalDC != "" {
+			fallback = gocql.DCAwareRoundRobinPolicy(o.LocalDC)
+		}
+		return gocql.TokenAwareHostPolicy(fallback)
 	}
-	cc.PoolConfig.HostSelectionPolicy = gocql.TokenAwareHostPolicy(fallback)
+	cc.PoolConfig.HostSelectionPolicy = policy()
 	cc.RetryPolicy = nil
 	cc.ReconnectInterval = time.Second
 	cc.Logger = slog.NewLogLogger(log.Handler(), slog.LevelWarn)
@@ -171,6 +176,7 @@ func openCassandra(ctx context.Context, a *App, o ClusterOptions, maxQueue int, 
 		}
 	}
 	cc.Keyspace = o.Keyspace
+	cc.PoolConfig.HostSelectionPolicy = policy()
 	sess, err := cc.CreateSession()
 	if err != nil {
 		return nil, nil, fmt.Errorf("cassandra %v keyspace %s: %w", o.Cassandra, o.Keyspace, err)
