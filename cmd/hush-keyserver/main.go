@@ -18,7 +18,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -27,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/hushchat/hush/internal/envflag"
 	"github.com/hushchat/hush/keyserver"
 	"github.com/hushchat/hush/keyserver/ratelimit"
 	"github.com/hushchat/hush/keyserver/ratelimit/redislimit"
@@ -45,42 +45,6 @@ func main() {
 	}
 }
 
-// env reads flag defaults from the environment, remembering bad values.
-type env struct {
-	errs []error
-}
-
-func (e *env) str(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}
-
-func (e *env) dur(name string, def time.Duration) time.Duration {
-	v, ok := os.LookupEnv(name)
-	if !ok {
-		return def
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
-	}
-	return d
-}
-
-func (e *env) int(name string, def int) int {
-	v, ok := os.LookupEnv(name)
-	if !ok {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
-	}
-	return n
-}
-
 type options struct {
 	listen, store, signingKey, inviteCode, internalSecret, replication, logLevel, logFormat string
 	redis, redisPrefix, redisUsername, redisPassword                                        string
@@ -93,51 +57,51 @@ type options struct {
 // default.
 var secretEnv = map[string]string{"invite-code": "HUSH_INVITE_CODE", "internal-secret": "HUSH_INTERNAL_SECRET", "redis-password": "HUSH_REDIS_PASSWORD"}
 
-func newFlagSet(o *options, e *env, stderr io.Writer) *flag.FlagSet {
+func newFlagSet(o *options, e *envflag.Defaults, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("hush-keyserver", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.listen, "listen", e.str("HUSH_KEYSERVER_LISTEN", "127.0.0.1:8081"),
+	fs.StringVar(&o.listen, "listen", e.String("HUSH_KEYSERVER_LISTEN", "127.0.0.1:8081"),
 		"address to serve HTTP on (env HUSH_KEYSERVER_LISTEN)")
-	fs.StringVar(&o.store, "store", e.str("HUSH_KEYSERVER_STORE", "sqlite:hush-keyserver.db"),
+	fs.StringVar(&o.store, "store", e.String("HUSH_KEYSERVER_STORE", "sqlite:hush-keyserver.db"),
 		"where state lives: sqlite:PATH (one file, created if missing) or\ncassandra:HOST1,HOST2/KEYSPACE (keyspace and schema created if missing) (env HUSH_KEYSERVER_STORE)")
-	fs.StringVar(&o.signingKey, "signing-key", e.str("HUSH_KEYSERVER_SIGNING_KEY", "hush-keyserver.key"),
+	fs.StringVar(&o.signingKey, "signing-key", e.String("HUSH_KEYSERVER_SIGNING_KEY", "hush-keyserver.key"),
 		"Ed25519 token-signing key file (PEM PKCS#8); created with mode 0600 on first start,\nrefused if readable by others. Several key servers sharing a store must share it (env HUSH_KEYSERVER_SIGNING_KEY)")
 	fs.StringVar(&o.inviteCode, "invite-code", "",
 		"if set, registration requires this invite code; empty means open registration.\nPrefer the env var: flags are visible in ps (env HUSH_INVITE_CODE)")
 	fs.StringVar(&o.internalSecret, "internal-secret", "",
 		"shared secret enabling GET /v1/internal/accounts/{name}/devices for a separate relay\n(header X-Hush-Internal-Secret); empty disables it. Prefer the env var (env HUSH_INTERNAL_SECRET)")
-	fs.DurationVar(&o.tokenTTL, "token-ttl", e.dur("HUSH_KEYSERVER_TOKEN_TTL", keyserver.DefaultTokenTTL),
+	fs.DurationVar(&o.tokenTTL, "token-ttl", e.Duration("HUSH_KEYSERVER_TOKEN_TTL", keyserver.DefaultTokenTTL),
 		"lifetime of an auth token (env HUSH_KEYSERVER_TOKEN_TTL)")
-	fs.DurationVar(&o.challengeTTL, "challenge-ttl", e.dur("HUSH_KEYSERVER_CHALLENGE_TTL", keyserver.DefaultChallengeTTL),
+	fs.DurationVar(&o.challengeTTL, "challenge-ttl", e.Duration("HUSH_KEYSERVER_CHALLENGE_TTL", keyserver.DefaultChallengeTTL),
 		"how long a login/registration challenge nonce stays usable (env HUSH_KEYSERVER_CHALLENGE_TTL)")
-	fs.IntVar(&o.bundleBurst, "bundle-rate", e.int("HUSH_KEYSERVER_BUNDLE_RATE", keyserver.DefaultBundleRate.Burst),
+	fs.IntVar(&o.bundleBurst, "bundle-rate", e.Int("HUSH_KEYSERVER_BUNDLE_RATE", keyserver.DefaultBundleRate.Burst),
 		"bundle fetches allowed per (requester, target) per --bundle-rate-window (env HUSH_KEYSERVER_BUNDLE_RATE)")
-	fs.DurationVar(&o.bundleWindow, "bundle-rate-window", e.dur("HUSH_KEYSERVER_BUNDLE_RATE_WINDOW", keyserver.DefaultBundleRate.Per),
+	fs.DurationVar(&o.bundleWindow, "bundle-rate-window", e.Duration("HUSH_KEYSERVER_BUNDLE_RATE_WINDOW", keyserver.DefaultBundleRate.Per),
 		"window of --bundle-rate; tokens refill evenly over it (env HUSH_KEYSERVER_BUNDLE_RATE_WINDOW)")
-	fs.IntVar(&o.anonBurst, "anon-rate", e.int("HUSH_KEYSERVER_ANON_RATE", keyserver.DefaultAnonRate.Burst),
+	fs.IntVar(&o.anonBurst, "anon-rate", e.Int("HUSH_KEYSERVER_ANON_RATE", keyserver.DefaultAnonRate.Burst),
 		"unauthenticated calls (challenge, login, register) allowed per client IP per --anon-rate-window (env HUSH_KEYSERVER_ANON_RATE)")
-	fs.DurationVar(&o.anonWindow, "anon-rate-window", e.dur("HUSH_KEYSERVER_ANON_RATE_WINDOW", keyserver.DefaultAnonRate.Per),
+	fs.DurationVar(&o.anonWindow, "anon-rate-window", e.Duration("HUSH_KEYSERVER_ANON_RATE_WINDOW", keyserver.DefaultAnonRate.Per),
 		"window of --anon-rate (env HUSH_KEYSERVER_ANON_RATE_WINDOW)")
-	fs.DurationVar(&o.spkGrace, "signed-prekey-grace", e.dur("HUSH_KEYSERVER_SIGNED_PREKEY_GRACE", keyserver.DefaultSignedPreKeyGrace),
+	fs.DurationVar(&o.spkGrace, "signed-prekey-grace", e.Duration("HUSH_KEYSERVER_SIGNED_PREKEY_GRACE", keyserver.DefaultSignedPreKeyGrace),
 		"how long a replaced signed prekey is reported as still in use (env HUSH_KEYSERVER_SIGNED_PREKEY_GRACE)")
-	fs.IntVar(&o.maxPreKeys, "max-prekeys", e.int("HUSH_KEYSERVER_MAX_PREKEYS", keyserver.DefaultMaxStoredPreKeys),
+	fs.IntVar(&o.maxPreKeys, "max-prekeys", e.Int("HUSH_KEYSERVER_MAX_PREKEYS", keyserver.DefaultMaxStoredPreKeys),
 		"most one-time prekeys one device may have stored (env HUSH_KEYSERVER_MAX_PREKEYS)")
-	fs.IntVar(&o.lowPreKeys, "low-prekeys", e.int("HUSH_KEYSERVER_LOW_PREKEYS", keyserver.DefaultLowPreKeys),
+	fs.IntVar(&o.lowPreKeys, "low-prekeys", e.Int("HUSH_KEYSERVER_LOW_PREKEYS", keyserver.DefaultLowPreKeys),
 		"a fetch leaving a device with fewer one-time prekeys counts in hush_keyserver_prekeys_low_total (env HUSH_KEYSERVER_LOW_PREKEYS)")
-	fs.StringVar(&o.replication, "cassandra-replication", e.str("HUSH_KEYSERVER_CASSANDRA_REPLICATION", ""),
+	fs.StringVar(&o.replication, "cassandra-replication", e.String("HUSH_KEYSERVER_CASSANDRA_REPLICATION", ""),
 		"CQL replication map used if the Cassandra keyspace must be created, e.g.\n\"{'class': 'NetworkTopologyStrategy', 'dc1': 3}\"; default SimpleStrategy with 1 replica (env HUSH_KEYSERVER_CASSANDRA_REPLICATION)")
-	fs.StringVar(&o.redis, "redis", e.str("HUSH_REDIS", ""),
+	fs.StringVar(&o.redis, "redis", e.String("HUSH_REDIS", ""),
 		"Redis for the bundle and anonymous rate limits, shared by every key server: host:port, or\nhost:port,host:port for a Redis Cluster; empty: limits in this process only (env HUSH_REDIS)")
-	fs.StringVar(&o.redisPrefix, "redis-prefix", e.str("HUSH_REDIS_PREFIX", "hush:"),
+	fs.StringVar(&o.redisPrefix, "redis-prefix", e.String("HUSH_REDIS_PREFIX", "hush:"),
 		"prefix of every Redis key; the same for all key servers and relays of a deployment (env HUSH_REDIS_PREFIX)")
-	fs.StringVar(&o.redisUsername, "redis-username", e.str("HUSH_REDIS_USERNAME", ""),
+	fs.StringVar(&o.redisUsername, "redis-username", e.String("HUSH_REDIS_USERNAME", ""),
 		"Redis ACL user name; empty: the default user (env HUSH_REDIS_USERNAME)")
 	fs.StringVar(&o.redisPassword, "redis-password", "",
 		"Redis password (requirepass or ACL). Prefer the env var: flags are visible in ps (env HUSH_REDIS_PASSWORD)")
-	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", e.dur("HUSH_KEYSERVER_SHUTDOWN_GRACE", 15*time.Second),
+	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", e.Duration("HUSH_KEYSERVER_SHUTDOWN_GRACE", 15*time.Second),
 		"on SIGINT/SIGTERM, how long in-flight requests may finish (env HUSH_KEYSERVER_SHUTDOWN_GRACE)")
-	fs.StringVar(&o.logLevel, "log-level", e.str("HUSH_LOG_LEVEL", "info"), "debug, info, warn or error (env HUSH_LOG_LEVEL)")
-	fs.StringVar(&o.logFormat, "log-format", e.str("HUSH_LOG_FORMAT", "text"), "text or json (env HUSH_LOG_FORMAT)")
+	fs.StringVar(&o.logLevel, "log-level", e.String("HUSH_LOG_LEVEL", "info"), "debug, info, warn or error (env HUSH_LOG_LEVEL)")
+	fs.StringVar(&o.logFormat, "log-format", e.String("HUSH_LOG_FORMAT", "text"), "text or json (env HUSH_LOG_FORMAT)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: hush-keyserver [flags]
 
@@ -155,7 +119,7 @@ Flags:
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
-	var e env
+	var e envflag.Defaults
 	fs := newFlagSet(&o, &e, stderr)
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -170,8 +134,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
 	}
-	if len(e.errs) > 0 {
-		return o, errors.Join(e.errs...)
+	if err := e.Err(); err != nil {
+		return o, err
 	}
 	return o, nil
 }

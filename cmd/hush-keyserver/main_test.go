@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hushchat/hush/internal/envflag"
+
 	"github.com/hushchat/hush/internal/testenv"
 	"github.com/hushchat/hush/keyserver/ksclient"
 	"github.com/hushchat/hush/keyserver/store/storetest"
@@ -31,7 +33,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	}
 	help := out.String()
 	var o options
-	fs := newFlagSet(&o, &env{}, io.Discard)
+	fs := newFlagSet(&o, &envflag.Defaults{}, io.Discard)
 	n := 0
 	fs.VisitAll(func(f *flag.Flag) {
 		n++

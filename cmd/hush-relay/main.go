@@ -33,6 +33,7 @@ import (
 
 	"github.com/gocql/gocql"
 
+	"github.com/hushchat/hush/internal/envflag"
 	"github.com/hushchat/hush/server"
 	"github.com/hushchat/hush/server/app"
 	"github.com/hushchat/hush/server/nodeid"
@@ -54,51 +55,6 @@ func main() {
 	}
 }
 
-type env struct{ errs []error }
-
-func (e *env) str(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}
-
-func (e *env) dur(name string, def time.Duration) time.Duration {
-	v, ok := os.LookupEnv(name)
-	if !ok {
-		return def
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
-	}
-	return d
-}
-
-func (e *env) int(name string, def int) int {
-	v, ok := os.LookupEnv(name)
-	if !ok {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
-	}
-	return n
-}
-
-func (e *env) bool(name string, def bool) bool {
-	v, ok := os.LookupEnv(name)
-	if !ok {
-		return def
-	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
-	}
-	return b
-}
-
 type options struct {
 	cfg                           app.RelayConfig
 	nodeID                        string
@@ -110,63 +66,63 @@ type options struct {
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
-	var e env
+	var e envflag.Defaults
 	fs := flag.NewFlagSet("hush-relay", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c := &o.cfg
-	fs.StringVar(&c.Listen, "listen", e.str("HUSH_RELAY_LISTEN", "127.0.0.1:8082"),
+	fs.StringVar(&c.Listen, "listen", e.String("HUSH_RELAY_LISTEN", "127.0.0.1:8082"),
 		"address to serve WebSockets (/v1/ws), media (/v1/media/), /healthz, /readyz and /metrics on (env HUSH_RELAY_LISTEN)")
-	fs.StringVar(&c.DataDir, "data", e.str("HUSH_RELAY_DATA", ".hush-relay-data"),
+	fs.StringVar(&c.DataDir, "data", e.String("HUSH_RELAY_DATA", ".hush-relay-data"),
 		"data directory, created with mode 0700: queue.db (envelopes waiting for their ack) and\npush.db (push endpoints) unless --cassandra holds them, and media/ for --media disk (env HUSH_RELAY_DATA)")
-	fs.StringVar(&c.KeyServer, "keyserver", e.str("HUSH_KEYSERVER_URL", "http://127.0.0.1:8081"),
+	fs.StringVar(&c.KeyServer, "keyserver", e.String("HUSH_KEYSERVER_URL", "http://127.0.0.1:8081"),
 		"base URL of the key server (env HUSH_KEYSERVER_URL)")
 	fs.StringVar(&c.InternalSecret, "internal-secret", "",
 		"the key server's --internal-secret, for its device-list endpoint. Prefer the env var:\nflags are visible in ps (env HUSH_INTERNAL_SECRET)")
-	fs.StringVar(&o.key, "keyserver-key", e.str("HUSH_KEYSERVER_KEY", ""),
+	fs.StringVar(&o.key, "keyserver-key", e.String("HUSH_KEYSERVER_KEY", ""),
 		"the key server's Ed25519 token key, base64 (as served at /v1/server-key); empty means\nfetch it from --keyserver at start — do that only over a channel you trust (env HUSH_KEYSERVER_KEY)")
-	fs.DurationVar(&c.DirectoryTTL, "directory-ttl", e.dur("HUSH_DIRECTORY_TTL", 10*time.Second),
+	fs.DurationVar(&c.DirectoryTTL, "directory-ttl", e.Duration("HUSH_DIRECTORY_TTL", 10*time.Second),
 		"how long a device list is cached; bounds how long a removed device may still connect (env HUSH_DIRECTORY_TTL)")
-	fs.StringVar(&o.nodeID, "node-id", e.str("HUSH_NODE_ID", "0"),
+	fs.StringVar(&o.nodeID, "node-id", e.String("HUSH_NODE_ID", "0"),
 		"Snowflake node id for server ids: a number 0–1023, unique per relay sharing a queue store,\nor auto to lease a free one from --redis (env HUSH_NODE_ID)")
-	fs.DurationVar(&c.Cluster.NodeIDLease, "node-id-lease", e.dur("HUSH_NODE_ID_LEASE", nodeid.DefaultLease),
+	fs.DurationVar(&c.Cluster.NodeIDLease, "node-id-lease", e.Duration("HUSH_NODE_ID_LEASE", nodeid.DefaultLease),
 		"with --node-id auto: how long a lease lets the relay mint ids without reaching Redis (a longer\nRedis outage suspends sends), and how long a crashed relay's id stays blocked (env HUSH_NODE_ID_LEASE)")
-	fs.StringVar(&o.redis, "redis", e.str("HUSH_REDIS", ""),
+	fs.StringVar(&o.redis, "redis", e.String("HUSH_REDIS", ""),
 		"Redis for routing between relays, presence, media rate limits and --node-id auto: host:port,\nor several host:port,host:port for a Redis Cluster; empty: this relay alone (env HUSH_REDIS)")
-	fs.StringVar(&c.Cluster.RedisPrefix, "redis-prefix", e.str("HUSH_REDIS_PREFIX", app.DefaultRedisPrefix),
+	fs.StringVar(&c.Cluster.RedisPrefix, "redis-prefix", e.String("HUSH_REDIS_PREFIX", app.DefaultRedisPrefix),
 		"prefix of every Redis key and channel; the same for all relays and key servers of a deployment (env HUSH_REDIS_PREFIX)")
-	fs.StringVar(&c.Cluster.RedisUsername, "redis-username", e.str("HUSH_REDIS_USERNAME", ""),
+	fs.StringVar(&c.Cluster.RedisUsername, "redis-username", e.String("HUSH_REDIS_USERNAME", ""),
 		"Redis ACL user name; empty: the default user (env HUSH_REDIS_USERNAME)")
 	fs.StringVar(&c.Cluster.RedisPassword, "redis-password", "",
 		"Redis password (requirepass or ACL). Prefer the env var: flags are visible in ps (env HUSH_REDIS_PASSWORD)")
-	fs.StringVar(&o.cassandra, "cassandra", e.str("HUSH_CASSANDRA", ""),
+	fs.StringVar(&o.cassandra, "cassandra", e.String("HUSH_CASSANDRA", ""),
 		"Cassandra contact points host[:port],host[:port] for the shared queues and push endpoints;\nempty: SQLite under --data (env HUSH_CASSANDRA)")
-	fs.StringVar(&c.Cluster.Keyspace, "keyspace", e.str("HUSH_KEYSPACE", "hush"),
+	fs.StringVar(&c.Cluster.Keyspace, "keyspace", e.String("HUSH_KEYSPACE", "hush"),
 		"Cassandra keyspace of the relay's tables (queue_*, push_endpoints); may be the key server's (env HUSH_KEYSPACE)")
-	fs.StringVar(&o.consistency, "consistency", e.str("HUSH_CONSISTENCY", "LOCAL_QUORUM"),
+	fs.StringVar(&o.consistency, "consistency", e.String("HUSH_CONSISTENCY", "LOCAL_QUORUM"),
 		"Cassandra consistency of reads and writes: LOCAL_QUORUM, QUORUM, EACH_QUORUM, ALL, ONE… (env HUSH_CONSISTENCY)")
-	fs.StringVar(&c.Cluster.LocalDC, "cassandra-local-dc", e.str("HUSH_CASSANDRA_LOCAL_DC", ""),
+	fs.StringVar(&c.Cluster.LocalDC, "cassandra-local-dc", e.String("HUSH_CASSANDRA_LOCAL_DC", ""),
 		"keep Cassandra requests in this data centre (DC-aware routing); empty: any (env HUSH_CASSANDRA_LOCAL_DC)")
-	fs.StringVar(&c.Cluster.Replication, "cassandra-replication", e.str("HUSH_CASSANDRA_REPLICATION", ""),
+	fs.StringVar(&c.Cluster.Replication, "cassandra-replication", e.String("HUSH_CASSANDRA_REPLICATION", ""),
 		"if set, create the keyspace when missing with this CQL replication map, e.g.\n\"{'class': 'NetworkTopologyStrategy', 'dc1': 3}\"; empty: the keyspace must exist (env HUSH_CASSANDRA_REPLICATION)")
 	fs.BoolVar(&o.printSchema, "print-schema", false,
 		"print the CQL of the relay's Cassandra tables (run it in the keyspace) and exit; no other flag is needed")
 	finishMedia := app.MediaFlags(fs, &c.Relay.Media)
-	fs.DurationVar(&c.Relay.TTL, "ttl", e.dur("HUSH_TTL", server.DefaultTTL),
+	fs.DurationVar(&c.Relay.TTL, "ttl", e.Duration("HUSH_TTL", server.DefaultTTL),
 		"how long an envelope waits for its recipient's ack before it is deleted (env HUSH_TTL)")
-	fs.IntVar(&c.Relay.MaxQueue, "max-queue", e.int("HUSH_MAX_QUEUE", queue.DefaultMaxDepth),
+	fs.IntVar(&c.Relay.MaxQueue, "max-queue", e.Int("HUSH_MAX_QUEUE", queue.DefaultMaxDepth),
 		"most envelopes one device's queue holds; a send beyond it fails with CODE_QUEUE_FULL (env HUSH_MAX_QUEUE)")
-	fs.DurationVar(&c.Relay.SweepInterval, "sweep-interval", e.dur("HUSH_SWEEP_INTERVAL", server.DefaultSweepInterval),
+	fs.DurationVar(&c.Relay.SweepInterval, "sweep-interval", e.Duration("HUSH_SWEEP_INTERVAL", server.DefaultSweepInterval),
 		"how often expired envelopes are deleted (env HUSH_SWEEP_INTERVAL)")
-	fs.DurationVar(&c.Relay.PingInterval, "ping-interval", e.dur("HUSH_PING_INTERVAL", server.DefaultPingInterval),
+	fs.DurationVar(&c.Relay.PingInterval, "ping-interval", e.Duration("HUSH_PING_INTERVAL", server.DefaultPingInterval),
 		"how often the relay pings each connection; one silent for 2.5× this is dropped (env HUSH_PING_INTERVAL)")
-	fs.DurationVar(&c.Relay.OnlineWindow, "online-window", e.dur("HUSH_ONLINE_WINDOW", presence.DefaultOnlineWindow),
+	fs.DurationVar(&c.Relay.OnlineWindow, "online-window", e.Duration("HUSH_ONLINE_WINDOW", presence.DefaultOnlineWindow),
 		"presence: an account counts as online this long after its last heartbeat (env HUSH_ONLINE_WINDOW)")
-	fs.BoolVar(&c.Relay.AllowPrivatePush, "allow-private-push", e.bool("HUSH_ALLOW_PRIVATE_PUSH", false),
+	fs.BoolVar(&c.Relay.AllowPrivatePush, "allow-private-push", e.Bool("HUSH_ALLOW_PRIVATE_PUSH", false),
 		"allow push endpoints on loopback and private addresses (env HUSH_ALLOW_PRIVATE_PUSH)")
-	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", e.dur("HUSH_SHUTDOWN_GRACE", 15*time.Second),
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", e.Duration("HUSH_SHUTDOWN_GRACE", 15*time.Second),
 		"on SIGINT/SIGTERM, how long clients and in-flight sends get to finish (env HUSH_SHUTDOWN_GRACE)")
-	fs.StringVar(&o.logLevel, "log-level", e.str("HUSH_LOG_LEVEL", "info"), "debug, info, warn or error (env HUSH_LOG_LEVEL)")
-	fs.StringVar(&o.logFormat, "log-format", e.str("HUSH_LOG_FORMAT", "text"), "text or json (env HUSH_LOG_FORMAT)")
+	fs.StringVar(&o.logLevel, "log-level", e.String("HUSH_LOG_LEVEL", "info"), "debug, info, warn or error (env HUSH_LOG_LEVEL)")
+	fs.StringVar(&o.logFormat, "log-format", e.String("HUSH_LOG_FORMAT", "text"), "text or json (env HUSH_LOG_FORMAT)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: hush-relay [flags]
 
@@ -200,8 +156,8 @@ Flags:
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
 	}
-	if len(e.errs) > 0 {
-		return o, errors.Join(e.errs...)
+	if err := e.Err(); err != nil {
+		return o, err
 	}
 	if o.key != "" {
 		k, err := base64.StdEncoding.DecodeString(o.key)

@@ -16,10 +16,10 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
 	"time"
 
+	"github.com/hushchat/hush/internal/envflag"
 	"github.com/hushchat/hush/keyserver"
 	"github.com/hushchat/hush/keyserver/ratelimit"
 	"github.com/hushchat/hush/server"
@@ -40,52 +40,6 @@ func main() {
 	}
 }
 
-// env reads flag defaults from the environment, remembering bad values.
-type env struct{ errs []error }
-
-func (e *env) str(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}
-
-func (e *env) dur(name string, def time.Duration) time.Duration {
-	v, ok := os.LookupEnv(name)
-	if !ok {
-		return def
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
-	}
-	return d
-}
-
-func (e *env) int(name string, def int) int {
-	v, ok := os.LookupEnv(name)
-	if !ok {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
-	}
-	return n
-}
-
-func (e *env) bool(name string, def bool) bool {
-	v, ok := os.LookupEnv(name)
-	if !ok {
-		return def
-	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
-	}
-	return b
-}
-
 type options struct {
 	cfg                      app.AllInOneConfig
 	nodeID                   int
@@ -96,45 +50,45 @@ type options struct {
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
-	var e env
+	var e envflag.Defaults
 	fs := flag.NewFlagSet("hush-server", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c := &o.cfg
-	fs.StringVar(&c.Listen, "listen", e.str("HUSH_LISTEN", "127.0.0.1:8080"),
+	fs.StringVar(&c.Listen, "listen", e.String("HUSH_LISTEN", "127.0.0.1:8080"),
 		"address to serve HTTP and WebSockets on (env HUSH_LISTEN)")
-	fs.StringVar(&c.DataDir, "data", e.str("HUSH_DATA", ".hush-data"),
+	fs.StringVar(&c.DataDir, "data", e.String("HUSH_DATA", ".hush-data"),
 		"data directory, created with mode 0700: keys.db (accounts and keys), queue.db (envelopes\nwaiting for their ack), push.db (push endpoints) and signing.key (token-signing key) (env HUSH_DATA)")
-	fs.IntVar(&o.nodeID, "node-id", e.int("HUSH_NODE_ID", 0),
+	fs.IntVar(&o.nodeID, "node-id", e.Int("HUSH_NODE_ID", 0),
 		"Snowflake node id 0–1023 for server ids; unique per relay sharing a queue store (env HUSH_NODE_ID)")
-	fs.DurationVar(&c.Relay.TTL, "ttl", e.dur("HUSH_TTL", server.DefaultTTL),
+	fs.DurationVar(&c.Relay.TTL, "ttl", e.Duration("HUSH_TTL", server.DefaultTTL),
 		"how long an envelope waits for its recipient's ack before it is deleted (env HUSH_TTL)")
-	fs.IntVar(&c.Relay.MaxQueue, "max-queue", e.int("HUSH_MAX_QUEUE", queue.DefaultMaxDepth),
+	fs.IntVar(&c.Relay.MaxQueue, "max-queue", e.Int("HUSH_MAX_QUEUE", queue.DefaultMaxDepth),
 		"most envelopes one device's queue holds; a send beyond it fails with CODE_QUEUE_FULL (env HUSH_MAX_QUEUE)")
-	fs.DurationVar(&c.Relay.SweepInterval, "sweep-interval", e.dur("HUSH_SWEEP_INTERVAL", server.DefaultSweepInterval),
+	fs.DurationVar(&c.Relay.SweepInterval, "sweep-interval", e.Duration("HUSH_SWEEP_INTERVAL", server.DefaultSweepInterval),
 		"how often expired envelopes are deleted (env HUSH_SWEEP_INTERVAL)")
-	fs.DurationVar(&c.Relay.PingInterval, "ping-interval", e.dur("HUSH_PING_INTERVAL", server.DefaultPingInterval),
+	fs.DurationVar(&c.Relay.PingInterval, "ping-interval", e.Duration("HUSH_PING_INTERVAL", server.DefaultPingInterval),
 		"how often the relay pings each connection; one silent for 2.5× this is dropped (env HUSH_PING_INTERVAL)")
-	fs.DurationVar(&c.Relay.OnlineWindow, "online-window", e.dur("HUSH_ONLINE_WINDOW", presence.DefaultOnlineWindow),
+	fs.DurationVar(&c.Relay.OnlineWindow, "online-window", e.Duration("HUSH_ONLINE_WINDOW", presence.DefaultOnlineWindow),
 		"presence: an account counts as online this long after its last heartbeat (env HUSH_ONLINE_WINDOW)")
-	fs.BoolVar(&c.Relay.AllowPrivatePush, "allow-private-push", e.bool("HUSH_ALLOW_PRIVATE_PUSH", false),
+	fs.BoolVar(&c.Relay.AllowPrivatePush, "allow-private-push", e.Bool("HUSH_ALLOW_PRIVATE_PUSH", false),
 		"allow push endpoints on loopback and private addresses (a push distributor on your own network) (env HUSH_ALLOW_PRIVATE_PUSH)")
 	fs.StringVar(&c.InviteCode, "invite-code", "",
 		"if set, registration requires this invite code; empty means open registration.\nPrefer the env var: flags are visible in ps (env HUSH_INVITE_CODE)")
-	fs.DurationVar(&c.TokenTTL, "token-ttl", e.dur("HUSH_TOKEN_TTL", keyserver.DefaultTokenTTL),
+	fs.DurationVar(&c.TokenTTL, "token-ttl", e.Duration("HUSH_TOKEN_TTL", keyserver.DefaultTokenTTL),
 		"lifetime of an auth token; a connection is closed when its token expires (env HUSH_TOKEN_TTL)")
-	fs.IntVar(&o.anonBurst, "anon-rate", e.int("HUSH_ANON_RATE", keyserver.DefaultAnonRate.Burst),
+	fs.IntVar(&o.anonBurst, "anon-rate", e.Int("HUSH_ANON_RATE", keyserver.DefaultAnonRate.Burst),
 		"unauthenticated key-server calls (challenge, login, register) per client IP per --anon-rate-window (env HUSH_ANON_RATE)")
-	fs.DurationVar(&o.anonWindow, "anon-rate-window", e.dur("HUSH_ANON_RATE_WINDOW", keyserver.DefaultAnonRate.Per),
+	fs.DurationVar(&o.anonWindow, "anon-rate-window", e.Duration("HUSH_ANON_RATE_WINDOW", keyserver.DefaultAnonRate.Per),
 		"window of --anon-rate (env HUSH_ANON_RATE_WINDOW)")
-	fs.IntVar(&o.bundleBurst, "bundle-rate", e.int("HUSH_BUNDLE_RATE", keyserver.DefaultBundleRate.Burst),
+	fs.IntVar(&o.bundleBurst, "bundle-rate", e.Int("HUSH_BUNDLE_RATE", keyserver.DefaultBundleRate.Burst),
 		"prekey bundle fetches per (requester, target) per --bundle-rate-window (env HUSH_BUNDLE_RATE)")
-	fs.DurationVar(&o.bundleWindow, "bundle-rate-window", e.dur("HUSH_BUNDLE_RATE_WINDOW", keyserver.DefaultBundleRate.Per),
+	fs.DurationVar(&o.bundleWindow, "bundle-rate-window", e.Duration("HUSH_BUNDLE_RATE_WINDOW", keyserver.DefaultBundleRate.Per),
 		"window of --bundle-rate (env HUSH_BUNDLE_RATE_WINDOW)")
-	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", e.dur("HUSH_SHUTDOWN_GRACE", 15*time.Second),
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", e.Duration("HUSH_SHUTDOWN_GRACE", 15*time.Second),
 		"on SIGINT/SIGTERM, how long clients and in-flight sends get to finish (env HUSH_SHUTDOWN_GRACE)")
 	finishMedia := app.MediaFlags(fs, &c.Relay.Media)
-	fs.StringVar(&o.logLevel, "log-level", e.str("HUSH_LOG_LEVEL", "info"), "debug, info, warn or error (env HUSH_LOG_LEVEL)")
-	fs.StringVar(&o.logFormat, "log-format", e.str("HUSH_LOG_FORMAT", "text"), "text or json (env HUSH_LOG_FORMAT)")
+	fs.StringVar(&o.logLevel, "log-level", e.String("HUSH_LOG_LEVEL", "info"), "debug, info, warn or error (env HUSH_LOG_LEVEL)")
+	fs.StringVar(&o.logFormat, "log-format", e.String("HUSH_LOG_FORMAT", "text"), "text or json (env HUSH_LOG_FORMAT)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: hush-server [flags]
 
@@ -162,8 +116,8 @@ Flags:
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
 	}
-	if len(e.errs) > 0 {
-		return o, errors.Join(e.errs...)
+	if err := e.Err(); err != nil {
+		return o, err
 	}
 	if err := finishMedia(); err != nil {
 		return o, err

@@ -4,82 +4,45 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
-	"strconv"
-	"time"
 
+	"github.com/hushchat/hush/internal/envflag"
 	"github.com/hushchat/hush/server/media"
 	"github.com/hushchat/hush/server/media/backend"
 	"github.com/hushchat/hush/server/media/s3"
 )
-
-// flagEnv reads flag defaults from the environment, remembering bad
-// values (the commands report them after parsing).
-type flagEnv struct{ errs []error }
-
-func (e *flagEnv) str(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
-		return v
-	}
-	return def
-}
-
-func (e *flagEnv) dur(name string, def time.Duration) time.Duration {
-	v, ok := os.LookupEnv(name)
-	if !ok {
-		return def
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
-	}
-	return d
-}
-
-func (e *flagEnv) bool(name string, def bool) bool {
-	v, ok := os.LookupEnv(name)
-	if !ok {
-		return def
-	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		e.errs = append(e.errs, fmt.Errorf("%s=%q: %w", name, v, err))
-	}
-	return b
-}
 
 // MediaFlags registers the media flags shared by hush-server and
 // hush-relay on fs, each with an environment fallback named in its usage.
 // Call the returned function after fs.Parse: it checks the values and
 // fills o.
 func MediaFlags(fs *flag.FlagSet, o *MediaOptions) func() error {
-	var e flagEnv
+	var e envflag.Defaults
 	var maxUpload, quota string
-	fs.StringVar(&o.Kind, "media", e.str("HUSH_MEDIA", backend.Disk),
+	fs.StringVar(&o.Kind, "media", e.String("HUSH_MEDIA", backend.Disk),
 		"where encrypted attachments are stored: disk (served by this process under /v1/media/blob/)\nor s3 (presigned URLs to an S3-compatible bucket, see --s3-*) (env HUSH_MEDIA)")
-	fs.StringVar(&o.Dir, "media-dir", e.str("HUSH_MEDIA_DIR", ""),
+	fs.StringVar(&o.Dir, "media-dir", e.String("HUSH_MEDIA_DIR", ""),
 		"directory of the disk media backend (default <data>/media); several relays must share it (env HUSH_MEDIA_DIR)")
-	fs.StringVar(&o.PublicURL, "media-public-url", e.str("HUSH_MEDIA_PUBLIC_URL", ""),
+	fs.StringVar(&o.PublicURL, "media-public-url", e.String("HUSH_MEDIA_PUBLIC_URL", ""),
 		"this server's URL as clients see it (e.g. https://chat.example.org), for the disk backend's\nupload and download URLs; empty: the scheme and Host of each request (env HUSH_MEDIA_PUBLIC_URL)")
-	fs.StringVar(&maxUpload, "max-upload", e.str("HUSH_MAX_UPLOAD", "100MiB"),
+	fs.StringVar(&maxUpload, "max-upload", e.String("HUSH_MAX_UPLOAD", "100MiB"),
 		"largest encrypted attachment accepted, in bytes (suffixes K, M, G, KiB, MiB, GiB) (env HUSH_MAX_UPLOAD)")
-	fs.StringVar(&quota, "media-quota", e.str("HUSH_MEDIA_QUOTA", "2GiB"),
+	fs.StringVar(&quota, "media-quota", e.String("HUSH_MEDIA_QUOTA", "2GiB"),
 		"bytes each account may upload per rolling day; at least --max-upload (env HUSH_MEDIA_QUOTA)")
-	fs.DurationVar(&o.Retention, "media-retention", e.dur("HUSH_MEDIA_RETENTION", media.DefaultRetention),
+	fs.DurationVar(&o.Retention, "media-retention", e.Duration("HUSH_MEDIA_RETENTION", media.DefaultRetention),
 		"how long attachments are kept before the sweeper (and, on S3, a lifecycle rule) removes them (env HUSH_MEDIA_RETENTION)")
-	fs.StringVar(&o.S3.Bucket, "s3-bucket", e.str("HUSH_S3_BUCKET", ""),
+	fs.StringVar(&o.S3.Bucket, "s3-bucket", e.String("HUSH_S3_BUCKET", ""),
 		"S3 bucket for --media s3; credentials come from the standard AWS environment\n(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance roles) (env HUSH_S3_BUCKET)")
-	fs.StringVar(&o.S3.Prefix, "s3-prefix", e.str("HUSH_S3_PREFIX", s3.DefaultPrefix),
+	fs.StringVar(&o.S3.Prefix, "s3-prefix", e.String("HUSH_S3_PREFIX", s3.DefaultPrefix),
 		"key prefix of attachments in the bucket, ending in / (env HUSH_S3_PREFIX)")
-	fs.StringVar(&o.S3.Region, "s3-region", e.str("HUSH_S3_REGION", ""),
+	fs.StringVar(&o.S3.Region, "s3-region", e.String("HUSH_S3_REGION", ""),
 		"S3 signing region; empty: AWS_REGION or the shared AWS config (env HUSH_S3_REGION)")
-	fs.StringVar(&o.S3.Endpoint, "s3-endpoint", e.str("HUSH_S3_ENDPOINT", ""),
+	fs.StringVar(&o.S3.Endpoint, "s3-endpoint", e.String("HUSH_S3_ENDPOINT", ""),
 		"base URL of a non-AWS S3-compatible store, e.g. http://127.0.0.1:7070; empty: AWS (env HUSH_S3_ENDPOINT)")
-	fs.BoolVar(&o.S3.PathStyle, "s3-path-style", e.bool("HUSH_S3_PATH_STYLE", false),
+	fs.BoolVar(&o.S3.PathStyle, "s3-path-style", e.Bool("HUSH_S3_PATH_STYLE", false),
 		"address the bucket as ENDPOINT/BUCKET/KEY (most self-hosted stores need it) (env HUSH_S3_PATH_STYLE)")
 	return func() error {
-		if len(e.errs) > 0 {
-			return errors.Join(e.errs...)
+		if err := e.Err(); err != nil {
+			return err
 		}
 		var err error
 		if o.MaxUpload, err = ParseSize(maxUpload); err != nil {
