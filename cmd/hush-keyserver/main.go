@@ -30,6 +30,7 @@ import (
 	"github.com/hushchat/hush/keyserver"
 	"github.com/hushchat/hush/keyserver/ratelimit"
 	"github.com/hushchat/hush/keyserver/ratelimit/redislimit"
+	"github.com/hushchat/hush/server/app"
 	"github.com/hushchat/hush/server/routing/redisroute"
 )
 
@@ -50,6 +51,8 @@ type options struct {
 	redis, redisPrefix, redisUsername, redisPassword                                        string
 	tokenTTL, challengeTTL, bundleWindow, anonWindow, spkGrace, shutdownGrace               time.Duration
 	bundleBurst, anonBurst, maxPreKeys, lowPreKeys                                          int
+	debug                                                                                   app.DebugOptions
+	finishDebug                                                                             func() error
 }
 
 // secretEnv names the environment variables of flags whose values are
@@ -102,6 +105,9 @@ func newFlagSet(o *options, e *envflag.Defaults, stderr io.Writer) *flag.FlagSet
 		"on SIGINT/SIGTERM, how long in-flight requests may finish (env HUSH_KEYSERVER_SHUTDOWN_GRACE)")
 	fs.StringVar(&o.logLevel, "log-level", e.String("HUSH_LOG_LEVEL", "info"), "debug, info, warn or error (env HUSH_LOG_LEVEL)")
 	fs.StringVar(&o.logFormat, "log-format", e.String("HUSH_LOG_FORMAT", "text"), "text or json (env HUSH_LOG_FORMAT)")
+	// The key server's memory is not per connection: the runtime's GC
+	// target is right for it.
+	o.finishDebug = app.DebugFlags(fs, &o.debug, 0)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: hush-keyserver [flags]
 
@@ -137,6 +143,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if err := e.Err(); err != nil {
 		return o, err
 	}
+	if err := o.finishDebug(); err != nil {
+		return o, err
+	}
 	return o, nil
 }
 
@@ -165,6 +174,11 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready chan<- stri
 	if err != nil {
 		return err
 	}
+	dbg, err := app.StartDiagnostics(o.debug, log)
+	if err != nil {
+		return err
+	}
+	defer dbg.Close()
 	spec, err := keyserver.ParseStoreSpec(o.store)
 	if err != nil {
 		return err

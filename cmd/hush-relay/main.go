@@ -62,6 +62,7 @@ type options struct {
 	redis, cassandra, consistency string
 	printSchema                   bool
 	logLevel, logFormat           string
+	debug                         app.DebugOptions
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -107,6 +108,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.printSchema, "print-schema", false,
 		"print the CQL of the relay's Cassandra tables (run it in the keyspace) and exit; no other flag is needed")
 	finishMedia := app.MediaFlags(fs, &c.Relay.Media)
+	finishDebug := app.DebugFlags(fs, &o.debug, app.DefaultGCPercent)
 	fs.DurationVar(&c.Relay.TTL, "ttl", e.Duration("HUSH_TTL", server.DefaultTTL),
 		"how long an envelope waits for its recipient's ack before it is deleted (env HUSH_TTL)")
 	fs.IntVar(&c.Relay.MaxQueue, "max-queue", e.Int("HUSH_MAX_QUEUE", queue.DefaultMaxDepth),
@@ -170,6 +172,9 @@ Flags:
 		return o, errors.New("--internal-secret (or HUSH_INTERNAL_SECRET) is required")
 	}
 	if err := finishMedia(); err != nil {
+		return o, err
+	}
+	if err := finishDebug(); err != nil {
 		return o, err
 	}
 	if o.nodeID == "auto" {
@@ -244,6 +249,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.cfg.Relay.ClockOffset != 0 {
 		o.cfg.Logger.Warn("HUSH_TESTING_CLOCK_OFFSET is set: this relay's clock is shifted, for skew tests only", "offset", o.cfg.Relay.ClockOffset)
 	}
+	dbg, err := app.StartDiagnostics(o.debug, o.cfg.Logger)
+	if err != nil {
+		return err
+	}
+	defer dbg.Close()
 	a, err := app.StartRelay(ctx, o.cfg)
 	if err != nil {
 		return err

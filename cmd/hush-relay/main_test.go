@@ -24,14 +24,14 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		"log-level", "log-format", "online-window", "node-id-lease", "redis", "redis-prefix", "redis-username", "redis-password",
 		"cassandra", "keyspace", "consistency", "cassandra-local-dc", "cassandra-replication", "print-schema",
 		"media", "media-dir", "media-public-url", "max-upload", "media-quota", "media-retention",
-		"s3-bucket", "s3-prefix", "s3-region", "s3-endpoint", "s3-path-style"} {
+		"s3-bucket", "s3-prefix", "s3-region", "s3-endpoint", "s3-path-style", "debug-listen", "gc-percent"} {
 		if !strings.Contains(help, "  -"+name+" ") && !strings.Contains(help, "  -"+name+"\n") {
 			t.Errorf("--help does not list -%s", name)
 		}
 	}
 	// Every flag but --print-schema has one.
-	if strings.Count(help, "(env HUSH_") != 37 {
-		t.Errorf("--help names %d env variables, want one per flag (37)", strings.Count(help, "(env HUSH_"))
+	if strings.Count(help, "(env HUSH_") != 39 {
+		t.Errorf("--help names %d env variables, want one per flag (39)", strings.Count(help, "(env HUSH_"))
 	}
 }
 

@@ -46,6 +46,7 @@ type options struct {
 	anonBurst, bundleBurst   int
 	anonWindow, bundleWindow time.Duration
 	logLevel, logFormat      string
+	debug                    app.DebugOptions
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -87,6 +88,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", e.Duration("HUSH_SHUTDOWN_GRACE", 15*time.Second),
 		"on SIGINT/SIGTERM, how long clients and in-flight sends get to finish (env HUSH_SHUTDOWN_GRACE)")
 	finishMedia := app.MediaFlags(fs, &c.Relay.Media)
+	finishDebug := app.DebugFlags(fs, &o.debug, app.DefaultGCPercent)
 	fs.StringVar(&o.logLevel, "log-level", e.String("HUSH_LOG_LEVEL", "info"), "debug, info, warn or error (env HUSH_LOG_LEVEL)")
 	fs.StringVar(&o.logFormat, "log-format", e.String("HUSH_LOG_FORMAT", "text"), "text or json (env HUSH_LOG_FORMAT)")
 	fs.Usage = func() {
@@ -122,6 +124,9 @@ Flags:
 	if err := finishMedia(); err != nil {
 		return o, err
 	}
+	if err := finishDebug(); err != nil {
+		return o, err
+	}
 	c.Relay.NodeID = int64(o.nodeID)
 	c.AnonRate = ratelimit.Rate{Burst: o.anonBurst, Per: o.anonWindow}
 	c.BundleRate = ratelimit.Rate{Burst: o.bundleBurst, Per: o.bundleWindow}
@@ -151,6 +156,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if o.cfg.Logger, err = newLogger(o.logLevel, o.logFormat, stderr); err != nil {
 		return err
 	}
+	dbg, err := app.StartDiagnostics(o.debug, o.cfg.Logger)
+	if err != nil {
+		return err
+	}
+	defer dbg.Close()
 	a, err := app.StartAllInOne(ctx, o.cfg)
 	if err != nil {
 		return err

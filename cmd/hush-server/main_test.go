@@ -19,7 +19,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	for _, name := range []string{"listen", "data", "node-id", "ttl", "max-queue", "sweep-interval", "ping-interval",
 		"allow-private-push", "invite-code", "token-ttl", "anon-rate", "anon-rate-window", "bundle-rate",
 		"bundle-rate-window", "shutdown-grace", "log-level", "log-format", "online-window", "media", "media-dir", "media-public-url",
-		"max-upload", "media-quota", "media-retention", "s3-bucket", "s3-prefix", "s3-region", "s3-endpoint", "s3-path-style"} {
+		"max-upload", "media-quota", "media-retention", "s3-bucket", "s3-prefix", "s3-region", "s3-endpoint", "s3-path-style", "debug-listen", "gc-percent"} {
 		i := strings.Index(help, "  -"+name+" ")
 		if i < 0 {
 			i = strings.Index(help, "  -"+name+"\n")
@@ -32,8 +32,8 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 			t.Errorf("-%s has no env variable in --help", name)
 		}
 	}
-	if strings.Count(help, "(env HUSH_") != 29 {
-		t.Errorf("--help names %d env variables, want one per flag (29)", strings.Count(help, "(env HUSH_"))
+	if strings.Count(help, "(env HUSH_") != 31 {
+		t.Errorf("--help names %d env variables, want one per flag (31)", strings.Count(help, "(env HUSH_"))
 	}
 }
 
