@@ -167,8 +167,15 @@ type PutResult struct {
 //     device's messages), and acking an unknown or already acked id is not an
 //     error. deleted counts the messages actually removed. A shared payload is
 //     deleted when its last reference is acked or expires.
-//   - Nothing is kept after its Ack; nothing is deleted before its Ack or its
-//     expiry.
+//   - Ack is not durable: when it returns nil, the deletion is visible to
+//     every later Fetch, Depth and Oldest, but a crash of the machine (or
+//     of a Cassandra replica before its commit log reached disk) may undo
+//     it. An undone ack only brings the message back for one more delivery,
+//     which clients discard by its ServerID and ack again; a Put, whose
+//     SendAck promises the message to its sender, is never weakened this
+//     way. Backends use this to skip the fsync of ack-only writes.
+//   - Nothing is kept after its Ack (up to the previous point); nothing is
+//     deleted before its Ack or its expiry.
 //   - After Close every method returns ErrClosed; Close waits for writes
 //     already submitted to finish, and closing twice is harmless.
 //

@@ -96,6 +96,13 @@
 // than the messages, so a message never outlives its payload; a crash
 // between the ack's deletes leaves the payload until that TTL.
 //
+// As queue.Store allows, an ack is less durable than a Put: its deletes
+// are written at Config.Consistency like everything else, so later
+// fetches do not see the message, but a replica that loses the delete
+// (commit log not yet synced, a missed repair; see Operations) brings the
+// message back for one more delivery, which the client discards by its id.
+// A Put's SendAck is never weakened that way.
+//
 // # Queue length
 //
 // Cassandra counters are not idempotent (a retried increment counts twice)

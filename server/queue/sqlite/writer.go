@@ -87,7 +87,7 @@ func (o *op) name() string {
 
 // stats are the writer's counters (see Stats).
 type stats struct {
-	commits, rollbacks, retries, puts, acks, sweeps, checkpoints atomic.Uint64
+	commits, lazyCommits, rollbacks, retries, puts, acks, sweeps, checkpoints, held atomic.Uint64
 }
 
 // writer applies batches of ops on the single read-write connection. Only
@@ -113,6 +113,7 @@ type writer struct {
 	batch    map[queue.Device]int // counts inside the open transaction
 
 	begin, commit, rollback              *dstmt
+	lazy                                 bool // synchronous=NORMAL is set
 	idemUpsert, idemGet, idemDelete      *dstmt
 	queueInsert, queueDelete, queueCount *dstmt
 	payloadInsert, payloadDrop, payUnref *dstmt
@@ -198,6 +199,9 @@ func (w *writer) runBatch(batch []*op) {
 		bad, err := w.try(batch)
 		if err == nil {
 			w.stats.commits.Add(1)
+			if w.lazy {
+				w.stats.lazyCommits.Add(1)
+			}
 			w.keepDepths()
 			for _, o := range batch {
 				if o.skip {
@@ -239,6 +243,9 @@ func (w *writer) try(batch []*op) (*op, error) {
 	if !live {
 		return nil, nil
 	}
+	if err := w.setSync(durable(batch)); err != nil {
+		return nil, err
+	}
 	if _, err := w.begin.exec(); err != nil {
 		return nil, err
 	}
@@ -264,6 +271,42 @@ func (w *writer) try(batch []*op) (*op, error) {
 	}
 	_, err := w.commit.exec()
 	return nil, err
+}
+
+// durable reports whether the batch must be fsync'd when it commits: only
+// a Put's SendAck promises that it survives power loss. An Ack (or a Sweep)
+// committed without fsync survives a crash of the process — the WAL frames
+// are in the operating system's cache — and at worst, after a crash of the
+// machine, is undone: the message is delivered again and the client, which
+// remembers the server ids it processed, only acks it again. The next
+// fsync'd commit makes every earlier one durable too (the WAL is one file,
+// written in order).
+func durable(batch []*op) bool {
+	for _, o := range batch {
+		if !o.skip && o.kind == opPut {
+			return true
+		}
+	}
+	return false
+}
+
+// setSync switches the connection's synchronous setting when the kind of
+// batch changes; outside a transaction the switch costs no I/O. SQLite
+// applies this pragma while compiling it, so it cannot be a prepared
+// statement run again.
+func (w *writer) setSync(full bool) error {
+	if w.lazy != full {
+		return nil
+	}
+	q := `PRAGMA synchronous = FULL`
+	if !full {
+		q = `PRAGMA synchronous = NORMAL`
+	}
+	if err := w.c.execScript(q); err != nil {
+		return err
+	}
+	w.lazy = !full
+	return nil
 }
 
 // fail gives every op of a batch that could not be stored the cause.
