@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/hushchat/hush/crypto"
 )
 
 func BenchmarkInsertMessage(b *testing.B) {
@@ -50,5 +52,44 @@ func BenchmarkSearch(b *testing.B) {
 		if err != nil || len(res) == 0 {
 			b.Fatal(len(res), err)
 		}
+	}
+}
+
+// BenchmarkNestedAtomic is one crypto operation's worth of store calls
+// (load and store a session) in a nested Atomic inside the client's
+// transaction, 64 to a commit, as a batch of received envelopes does:
+// without savepoints (what Atomic does) and with one per nested call (what
+// it did before, and still does on a second run after a swallowed failure).
+func BenchmarkNestedAtomic(b *testing.B) {
+	for _, savepoints := range []bool{false, true} {
+		b.Run(fmt.Sprintf("savepoints=%v", savepoints), func(b *testing.B) {
+			ctx := context.Background()
+			db := openTest(b)
+			addr := crypto.Address{Name: "bob", DeviceID: 1}
+			rec := make([]byte, 1500)
+			if err := db.StoreSession(ctx, addr, rec); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i += 64 {
+				_, err := db.atomic(ctx, func(ctx context.Context) error {
+					for range min(64, b.N-i) {
+						err := db.Atomic(ctx, func(ctx context.Context) error {
+							if _, err := db.LoadSession(ctx, addr); err != nil {
+								return err
+							}
+							return db.StoreSession(ctx, addr, rec)
+						})
+						if err != nil {
+							return err
+						}
+					}
+					return nil
+				}, savepoints)
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -112,9 +112,13 @@ func (c *stmtCache) close() {
 type cached struct {
 	tx *sql.Tx
 	c  *stmtCache
+	st *txState // set for writes in a transaction: counts them
 }
 
 func (q cached) stmt(ctx context.Context, query string) (*sql.Stmt, bool) {
+	if q.st != nil {
+		q.st.writes++
+	}
 	st, err := q.c.get(ctx, query, q.tx != nil)
 	if err != nil {
 		return nil, false // the plain call below reports the error
@@ -253,10 +257,38 @@ func (db *DB) Close() error {
 
 type txKey struct{}
 
+// txState is one write transaction, carried in the context of Atomic's fn.
 type txState struct {
-	db    *DB
-	tx    *sql.Tx
-	depth int
+	db *DB
+	tx *sql.Tx
+	// writes counts the statements run through wq in this transaction
+	// (every statement that may change a row goes through wq). A nested
+	// Atomic compares it before and after to tell whether its fn changed
+	// anything.
+	writes int
+	// savepoints makes each nested Atomic a SAVEPOINT. Off by default: see
+	// Atomic.
+	savepoints bool
+	// tainted: a nested Atomic failed after it had written, and no
+	// savepoint can undo exactly those writes. The transaction must not
+	// commit as it is.
+	tainted bool
+	depth   int
+}
+
+// nested runs fn inside the transaction of an enclosing Atomic.
+func (st *txState) nested(ctx context.Context, fn func(ctx context.Context) error) error {
+	if st.savepoints {
+		return st.savepoint(ctx, fn)
+	}
+	before := st.writes
+	if err := fn(ctx); err != nil {
+		if st.writes != before {
+			st.tainted = true
+		}
+		return err
+	}
+	return nil
 }
 
 func (st *txState) savepoint(ctx context.Context, fn func(ctx context.Context) error) (err error) {
@@ -290,18 +322,45 @@ func (st *txState) savepoint(ctx context.Context, fn func(ctx context.Context) e
 
 // Atomic implements crypto.Store: fn's writes through ctx commit together,
 // or not at all when fn returns an error (or panics). A call inside
-// another Atomic of the same DB joins its transaction under a savepoint:
-// when the inner fn fails, exactly its own writes are undone and the outer
-// transaction goes on. That is what lets the client run a decryption that
-// may fail (and must then change nothing) inside the transaction that
-// records the envelope as processed.
+// another Atomic of the same DB joins its transaction: when the inner fn
+// fails, exactly its own writes are undone and the outer transaction goes
+// on. That is what lets the client run a decryption that may fail (and
+// must then change nothing) inside the transaction that records the
+// envelope as processed.
+//
+// How the inner writes are undone: a SAVEPOINT per nested call would cost
+// three statements for every crypto operation, almost always for nothing
+// (an inner call succeeds, or fails before it wrote anything, or its
+// caller fails the whole transaction anyway). So a nested call runs
+// without one, and the transaction counts its writes. An inner call that
+// fails without having written has nothing to undo. One that fails after
+// writing taints the transaction; if the outer fn then still returns nil,
+// Atomic rolls everything back and runs fn once more, this time with a
+// savepoint around every nested call, which undoes exactly the failed
+// call's writes. fn may therefore run twice; its first run's writes are
+// then gone, so it must not act outside the database before it returns
+// (the client collects its events and wake-ups and releases them after
+// Atomic returned).
 func (db *DB) Atomic(ctx context.Context, fn func(ctx context.Context) error) (err error) {
 	if st, ok := ctx.Value(txKey{}).(*txState); ok && st.db == db {
-		return st.savepoint(ctx, fn)
+		return st.nested(ctx, fn)
 	}
+	retry, err := db.atomic(ctx, fn, false)
+	if retry {
+		_, err = db.atomic(ctx, fn, true)
+	}
+	return err
+}
+
+// errTainted ends a run of fn whose transaction cannot commit.
+var errTainted = errors.New("a nested transaction failed after writing")
+
+// atomic runs fn in one transaction; retry reports a tainted run, rolled
+// back, that must run again with savepoints.
+func (db *DB) atomic(ctx context.Context, fn func(ctx context.Context) error, savepoints bool) (retry bool, err error) {
 	tx, err := db.w.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
+		return false, fmt.Errorf("begin transaction: %w", err)
 	}
 	defer func() {
 		if r := recover(); r != nil {
@@ -310,14 +369,19 @@ func (db *DB) Atomic(ctx context.Context, fn func(ctx context.Context) error) (e
 		}
 	}()
 	defer db.ws.preparePending(context.WithoutCancel(ctx))
-	if err := fn(context.WithValue(ctx, txKey{}, &txState{db: db, tx: tx})); err != nil {
+	st := &txState{db: db, tx: tx, savepoints: savepoints}
+	if err := fn(context.WithValue(ctx, txKey{}, st)); err != nil {
 		tx.Rollback()
-		return err
+		return false, err
+	}
+	if st.tainted {
+		tx.Rollback()
+		return true, errTainted
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
+		return false, fmt.Errorf("commit: %w", err)
 	}
-	return nil
+	return false, nil
 }
 
 type querier interface {
@@ -336,10 +400,11 @@ func (db *DB) rq(ctx context.Context) querier {
 }
 
 // wq returns the querier for a single-statement write: the transaction in
-// ctx, or the writer.
+// ctx, or the writer. Every statement that may change a row must go
+// through it, so that nested Atomic calls see it (txState.writes).
 func (db *DB) wq(ctx context.Context) querier {
 	if st, ok := ctx.Value(txKey{}).(*txState); ok && st.db == db {
-		return cached{tx: st.tx, c: db.ws}
+		return cached{tx: st.tx, c: db.ws, st: st}
 	}
 	return cached{c: db.ws}
 }

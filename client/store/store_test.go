@@ -639,3 +639,105 @@ func TestGroups(t *testing.T) {
 		t.Fatal("bob's sender key survived")
 	}
 }
+
+// TestNestedAtomic pins down how a nested Atomic undoes its writes without
+// a savepoint: a failure before any write leaves the transaction going on
+// (fn runs once), a failure after writing that the caller swallows makes
+// Atomic run fn again with savepoints (the outer writes stay, the inner
+// ones go), and a failure the caller passes on rolls back everything.
+func TestNestedAtomic(t *testing.T) {
+	ctx := context.Background()
+	db := openTest(t)
+	failed := errors.New("inner failed")
+	has := func(id uint32) bool {
+		t.Helper()
+		_, err := db.LoadPreKey(ctx, id)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+
+	// Failure before any write: nothing to undo, no second run.
+	runs := 0
+	err := db.Atomic(ctx, func(ctx context.Context) error {
+		runs++
+		if err := db.StorePreKey(ctx, 1, []byte("outer")); err != nil {
+			return err
+		}
+		inner := db.Atomic(ctx, func(ctx context.Context) error {
+			if _, err := db.LoadPreKey(ctx, 1); err != nil {
+				return err
+			}
+			return failed
+		})
+		if !errors.Is(inner, failed) {
+			t.Errorf("inner = %v", inner)
+		}
+		return db.StorePreKey(ctx, 2, []byte("after"))
+	})
+	if err != nil || runs != 1 || !has(1) || !has(2) {
+		t.Fatalf("read-only inner failure: err %v, runs %d, prekeys %v %v", err, runs, has(1), has(2))
+	}
+
+	// Failure after writing, swallowed: a second run with savepoints
+	// keeps the outer writes and exactly undoes the inner ones, also two
+	// levels down.
+	runs = 0
+	err = db.Atomic(ctx, func(ctx context.Context) error {
+		runs++
+		if err := db.StorePreKey(ctx, 3, []byte("outer")); err != nil {
+			return err
+		}
+		db.Atomic(ctx, func(ctx context.Context) error {
+			if err := db.StorePreKey(ctx, 4, []byte("middle")); err != nil {
+				return err
+			}
+			inner := db.Atomic(ctx, func(ctx context.Context) error {
+				db.StorePreKey(ctx, 5, []byte("inner"))
+				return failed
+			})
+			if inner == nil {
+				t.Error("inner error lost")
+			}
+			return nil // the middle swallows it
+		})
+		return db.RemovePreKey(ctx, 1)
+	})
+	if err != nil || runs != 2 {
+		t.Fatalf("swallowed inner failure: err %v, runs %d", err, runs)
+	}
+	if !has(3) || !has(4) || has(5) || has(1) {
+		t.Fatalf("after a swallowed failure: 3 %v, 4 %v, 5 %v (want gone), 1 %v (want removed)", has(3), has(4), has(5), has(1))
+	}
+
+	// Failure after writing, passed on: all or nothing, one run.
+	runs = 0
+	err = db.Atomic(ctx, func(ctx context.Context) error {
+		runs++
+		if err := db.StorePreKey(ctx, 6, []byte("outer")); err != nil {
+			return err
+		}
+		return db.Atomic(ctx, func(ctx context.Context) error {
+			db.StorePreKey(ctx, 7, []byte("inner"))
+			return failed
+		})
+	})
+	if !errors.Is(err, failed) || runs != 1 || has(6) || has(7) {
+		t.Fatalf("passed-on failure: err %v, runs %d, prekeys %v %v", err, runs, has(6), has(7))
+	}
+
+	// A statement that fails counts as a write: it is undone like one.
+	runs = 0
+	err = db.Atomic(ctx, func(ctx context.Context) error {
+		runs++
+		db.Atomic(ctx, func(ctx context.Context) error {
+			_, err := db.wq(ctx).ExecContext(ctx, "INSERT INTO prekeys (id, record) VALUES (?, NULL)", 8)
+			return err // NOT NULL constraint
+		})
+		return db.StorePreKey(ctx, 9, []byte("ok"))
+	})
+	if err != nil || runs != 2 || has(8) || !has(9) {
+		t.Fatalf("failed statement: err %v, runs %d, prekeys %v %v", err, runs, has(8), has(9))
+	}
+}
