@@ -211,6 +211,10 @@ func FuzzStoredRecords(f *testing.F) {
 	f.Add(spk)
 	sk, _ := fp.bob.store.LoadSenderKey(ctx, fp.group, fp.alice.Address())
 	f.Add(sk)
+	// Records as profiles written before the binary format hold them.
+	for _, name := range []string{"bob-session-alice.json", "bob-senderkey-alice.json"} {
+		f.Add(readFixture(f, name))
+	}
 	f.Add([]byte(`{"SessionState":{}}`))
 	f.Add([]byte(`{"SessionState":{"SenderChain":{}}}`))
 	f.Add([]byte(`{"SenderKeyStates":[{}]}`))
