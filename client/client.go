@@ -347,6 +347,7 @@ func (c *Client) tx(ctx context.Context, fn func(ctx context.Context, t *txn) er
 	err := c.db.Atomic(ctx, func(ctx context.Context) error {
 		t.events, t.ephemeral, t.after = t.events[:0], t.ephemeral[:0], t.after[:0]
 		t.status = false
+		clear(t.receipts)
 		return fn(ctx, t)
 	})
 	if err != nil {
@@ -367,12 +368,25 @@ func (c *Client) tx(ctx context.Context, fn func(ctx context.Context, t *txn) er
 	return nil
 }
 
-// txn collects what a transaction must announce once it committed.
+// txn collects what a transaction must announce once it committed. fn
+// may run twice (see store.DB.Atomic); c.tx empties it before each run.
 type txn struct {
 	events    []int64 // durable event seqs appended
 	ephemeral []Event
 	status    bool
 	after     []func()
+	// receipts: delivery receipts owed for the messages stored, by
+	// sender. Whoever runs the transaction queues (queueReceipts) or
+	// records (oweReceipts) them before it commits.
+	receipts receipts
+}
+
+// owe notes a delivery receipt owed to sender for message id.
+func (t *txn) owe(sender string, id []byte) {
+	if t.receipts == nil {
+		t.receipts = receipts{}
+	}
+	t.receipts[sender] = append(t.receipts[sender], id)
 }
 
 // emit appends a durable event in the transaction.

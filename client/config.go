@@ -91,6 +91,17 @@ type Config struct {
 	// committed and before it is acknowledged; returning true drops the
 	// connection without the ACK (a crash at the worst moment).
 	testHookAfterCommit func(serverID uint64) bool
+	// testHookInBatch, when set, runs inside a receive transaction after
+	// envelope serverID, i of n, was processed; returning true fails the
+	// transaction.
+	testHookInBatch func(serverID uint64, i, n int) bool
+	// testHookInSendBatch, when set, runs inside an outbox transaction
+	// after row i of n was encrypted; returning true fails the batch.
+	testHookInSendBatch func(i, n int) bool
+	// testHookBeforeSend, when set, runs after a batch of outbox rows
+	// committed and before their frames go out; returning true ends the
+	// connection instead.
+	testHookBeforeSend func(n int) bool
 }
 
 func (c *Config) setDefaults() {

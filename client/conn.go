@@ -255,7 +255,10 @@ type session struct {
 	ws   *websocket.Conn
 	out  chan []byte
 	acks chan *protocol.SendAck
-	done chan struct{}
+	// inbox carries Deliver envelopes and QueueEmpty, in the order they
+	// arrived, from the reader to the receiver (see receiver).
+	inbox chan inboxItem
+	done  chan struct{}
 
 	closeOnce sync.Once
 	mu        sync.Mutex
@@ -271,8 +274,9 @@ func newSession(c *Client, ws *websocket.Conn) *session {
 		c:    c,
 		ws:   ws,
 		out:  make(chan []byte, 256),
-		acks: make(chan *protocol.SendAck, 4*c.cfg.SendWindow+64),
-		done: make(chan struct{}),
+		acks:  make(chan *protocol.SendAck, 4*c.cfg.SendWindow+64),
+		inbox: make(chan inboxItem, inboxFrames),
+		done:  make(chan struct{}),
 	}
 }
 
@@ -317,9 +321,10 @@ func (s *session) sendFrame(f *protocol.Frame) error {
 // run drives the connection until it ends.
 func (s *session) run() {
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.writer() }()
 	go func() { defer wg.Done(); s.ticker() }()
+	go func() { defer wg.Done(); s.receiver() }()
 	s.c.sendPresenceSetup(s)
 	s.reader()
 	s.close()
@@ -400,6 +405,66 @@ func (s *session) reader() {
 	}
 }
 
+// inboxItem is one Deliver frame's envelopes, or the QueueEmpty marker.
+type inboxItem struct {
+	envs       []*protocol.Envelope
+	queueEmpty bool
+}
+
+// inboxFrames bounds the Deliver frames read ahead of processing; beyond
+// it the reader waits, and so, through TCP, does the relay.
+const inboxFrames = 64
+
+// maxReceiveBatch bounds the envelopes processed in one transaction (it
+// holds the database's writer, which Send also needs).
+const maxReceiveBatch = 256
+
+// receiver processes deliveries in arrival order. The relay sends what
+// arrives while the device is online one envelope per Deliver; taking
+// every frame that is already waiting into one transaction (up to
+// maxReceiveBatch envelopes) makes batches exactly when the client falls
+// behind, and costs nothing in latency when it does not.
+func (s *session) receiver() {
+	c := s.c
+	var batch []*protocol.Envelope
+	for {
+		var it inboxItem
+		select {
+		case it = <-s.inbox:
+		case <-s.done:
+			return
+		}
+		batch = append(batch[:0], it.envs...)
+		for !it.queueEmpty && len(batch) < maxReceiveBatch {
+			select {
+			case it = <-s.inbox:
+				batch = append(batch, it.envs...)
+				continue
+			default:
+			}
+			break
+		}
+		if len(batch) > 0 {
+			if err := c.receive(c.ctx, s, batch); err != nil {
+				s.fail(err)
+				return
+			}
+		}
+		if it.queueEmpty {
+			c.mu.Lock()
+			if c.sess == s {
+				select {
+				case <-c.syncedCh:
+				default:
+					close(c.syncedCh)
+				}
+			}
+			c.mu.Unlock()
+			wakeup(c.sweepWake)
+		}
+	}
+}
+
 // classify turns a read error into the session's end reason.
 func (s *session) classify(err error) error {
 	var ce *websocket.CloseError
@@ -429,23 +494,21 @@ func (s *session) handle(f *protocol.Frame) error {
 	c := s.c
 	switch b := f.Body.(type) {
 	case *protocol.Frame_Deliver:
-		return c.receive(c.ctx, s, b.Deliver.Envelopes)
+		select {
+		case s.inbox <- inboxItem{envs: b.Deliver.Envelopes}:
+		case <-s.done:
+		}
 	case *protocol.Frame_SendAck:
 		select {
 		case s.acks <- b.SendAck:
 		case <-s.done:
 		}
 	case *protocol.Frame_QueueEmpty:
-		c.mu.Lock()
-		if c.sess == s {
-			select {
-			case <-c.syncedCh:
-			default:
-				close(c.syncedCh)
-			}
+		// After the deliveries before it are processed.
+		select {
+		case s.inbox <- inboxItem{queueEmpty: true}:
+		case <-s.done:
 		}
-		c.mu.Unlock()
-		wakeup(c.sweepWake)
 	case *protocol.Frame_Ping:
 		return s.sendFrame(&protocol.Frame{Body: &protocol.Frame_Pong{Pong: &protocol.Pong{Nonce: b.Ping.Nonce}}})
 	case *protocol.Frame_Pong:

@@ -47,10 +47,19 @@ type receipts map[string][][]byte
 // errCrashTest ends the connection without acknowledging (test hook).
 var errCrashTest = errors.New("test hook: dropped the connection before ACK")
 
-// receive processes one Deliver batch in one transaction, then
-// acknowledges it. (One transaction per batch rather than per envelope:
-// the batch commits or rolls back whole, which keeps exactly-once and
-// saves a commit per message.)
+// receive processes a batch of envelopes (one or more Deliver frames) in
+// one transaction, then acknowledges them. One transaction per batch
+// rather than per envelope saves a commit and a round of bookkeeping per
+// message; the batch commits or rolls back whole, which keeps
+// exactly-once. The delivery receipts the batch owes are queued in the
+// same transaction, one Receipt per sender for the whole batch (as Signal
+// does), so a crash cannot lose them either.
+//
+// When the batch fails (a store error, or an envelope whose processing
+// fails for a reason of its own), it is processed again one envelope per
+// transaction: the others commit and are acknowledged, and the failing one
+// is left unacknowledged, to come again after the reconnect its error
+// causes. A bad envelope thus costs only itself.
 func (c *Client) receive(ctx context.Context, s *session, envs []*protocol.Envelope) error {
 	acks := make([]uint64, 0, len(envs))
 	var stored []*envelope
@@ -59,29 +68,33 @@ func (c *Client) receive(ctx context.Context, s *session, envs []*protocol.Envel
 			payload: pe.Payload, serverTime: time.UnixMilli(pe.ServerTimeMs)}
 		if pe.Ephemeral {
 			c.receiveEphemeral(ctx, e)
+			acks = append(acks, pe.ServerId)
 		} else {
 			stored = append(stored, e)
 		}
-		acks = append(acks, pe.ServerId)
 	}
+	var failed error
 	if len(stored) > 0 {
-		err := c.tx(ctx, func(ctx context.Context, t *txn) error {
+		err := c.receiveBatch(ctx, stored)
+		if err != nil && len(stored) > 1 && ctx.Err() == nil {
+			c.log.Warn("a batch of envelopes failed; processing them one by one", "envelopes", len(stored), "err", err)
 			for _, e := range stored {
-				fresh, err := c.db.MarkProcessed(ctx, e.serverID, c.clock.Now())
-				if err != nil {
-					return err
+				if err := c.receiveBatch(ctx, []*envelope{e}); err != nil {
+					if ctx.Err() != nil {
+						return err
+					}
+					c.log.Error("process envelope", "server_id", e.serverID, "err", err)
+					failed = errors.Join(failed, err)
+					continue
 				}
-				if !fresh {
-					continue // a redelivery after a crash: only ACK it
-				}
-				if err := c.handleEnvelope(ctx, t, e); err != nil {
-					return fmt.Errorf("process envelope %d: %w", e.serverID, err)
-				}
+				acks = append(acks, e.serverID)
 			}
-			return nil
-		})
-		if err != nil {
+		} else if err != nil {
 			return err
+		} else {
+			for _, e := range stored {
+				acks = append(acks, e.serverID)
+			}
 		}
 		if hook := c.cfg.testHookAfterCommit; hook != nil {
 			for _, e := range stored {
@@ -91,11 +104,6 @@ func (c *Client) receive(ctx context.Context, s *session, envs []*protocol.Envel
 			}
 		}
 	}
-	// The receipts the batch owes (recorded with each message) go out as
-	// one receipt per sender.
-	if err := c.flushReceipts(ctx); err != nil {
-		return err
-	}
 	for len(acks) > 0 {
 		n := min(len(acks), protocol.MaxAckIDs)
 		if err := s.sendFrame(&protocol.Frame{Body: &protocol.Frame_Ack{Ack: &protocol.Ack{ServerIds: acks[:n]}}}); err != nil {
@@ -103,7 +111,31 @@ func (c *Client) receive(ctx context.Context, s *session, envs []*protocol.Envel
 		}
 		acks = acks[n:]
 	}
-	return nil
+	return failed
+}
+
+// receiveBatch processes stored envelopes in one transaction: each is
+// marked processed (a redelivery stops there), decrypted and applied, and
+// the delivery receipts they owe are queued.
+func (c *Client) receiveBatch(ctx context.Context, stored []*envelope) error {
+	return c.tx(ctx, func(ctx context.Context, t *txn) error {
+		for i, e := range stored {
+			fresh, err := c.db.MarkProcessed(ctx, e.serverID, c.clock.Now())
+			if err != nil {
+				return err
+			}
+			if fresh {
+				if err := c.handleEnvelope(ctx, t, e); err != nil {
+					return fmt.Errorf("process envelope %d: %w", e.serverID, err)
+				}
+			}
+			// Otherwise a redelivery after a crash: only ACK it.
+			if hook := c.cfg.testHookInBatch; hook != nil && hook(e.serverID, i, len(stored)) {
+				return errCrashTest
+			}
+		}
+		return c.queueReceipts(ctx, t)
+	})
 }
 
 // receiveEphemeral handles an envelope that was never stored by the relay
@@ -416,8 +448,8 @@ func (c *Client) applyContent(ctx context.Context, t *txn, e *envelope, content 
 			if err := c.addRecipients(ctx, m, conv); err != nil {
 				return err
 			}
-		} else if err := c.db.OweReceipt(ctx, e.sender, content.MessageId); err != nil {
-			return err
+		} else {
+			t.owe(e.sender, content.MessageId)
 		}
 		return c.emitDurable(ctx, t, &MessageEvent{Message: c.messageFromStore(m)})
 
@@ -722,7 +754,11 @@ func (c *Client) reprocessHeld(ctx context.Context, sender, reason string) {
 			if err := c.db.Unhold(ctx, h.ServerID); err != nil {
 				return err
 			}
-			return c.handleEnvelope(ctx, t, e)
+			if err := c.handleEnvelope(ctx, t, e); err != nil {
+				return err
+			}
+			// Kept owed, so the loop ends with one receipt per sender.
+			return c.oweReceipts(ctx, t)
 		})
 		if err != nil {
 			c.log.Error("process a held envelope", "server_id", h.ServerID, "err", err)
@@ -783,6 +819,37 @@ func (c *Client) sweepHeld(ctx context.Context) {
 		}
 	}
 	wakeup(c.outboxWake)
+}
+
+// queueReceipts queues the delivery receipts a transaction's messages owe,
+// together with any still owed from before (pending_receipts), one
+// Receipt per sender.
+func (c *Client) queueReceipts(ctx context.Context, t *txn) error {
+	if len(t.receipts) == 0 {
+		return nil
+	}
+	rc, err := c.db.TakeReceipts(ctx)
+	if err != nil {
+		return err
+	}
+	for s, ids := range t.receipts {
+		rc[s] = append(rc[s], ids...)
+	}
+	return c.enqueueReceipts(ctx, t, protocol.Receipt_TYPE_DELIVERED, rc, false)
+}
+
+// oweReceipts records the delivery receipts a transaction's messages owe,
+// for a later flushReceipts.
+func (c *Client) oweReceipts(ctx context.Context, t *txn) error {
+	for s, ids := range t.receipts {
+		for _, id := range ids {
+			if err := c.db.OweReceipt(ctx, s, id); err != nil {
+				return err
+			}
+		}
+	}
+	clear(t.receipts)
+	return nil
 }
 
 // flushReceipts queues the delivery receipts owed, one per sender.
