@@ -271,9 +271,9 @@ type session struct {
 
 func newSession(c *Client, ws *websocket.Conn) *session {
 	return &session{
-		c:    c,
-		ws:   ws,
-		out:  make(chan []byte, 256),
+		c:     c,
+		ws:    ws,
+		out:   make(chan []byte, 256),
 		acks:  make(chan *protocol.SendAck, 4*c.cfg.SendWindow+64),
 		inbox: make(chan inboxItem, inboxFrames),
 		done:  make(chan struct{}),
