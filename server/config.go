@@ -33,7 +33,7 @@ const (
 	DefaultFrameRate        = 2000
 	DefaultFrameBurst       = 4000
 	DefaultMaxBadFrames     = 50
-	DefaultReadBufferSize   = 1024
+	DefaultReadBufferSize   = 512
 	DefaultWriteBufferSize  = 16 << 10
 )
 
@@ -107,8 +107,11 @@ type Config struct {
 	// MaxBadFrames: malformed or refused frames a connection may send before
 	// it is closed with CloseProtocolViolation.
 	MaxBadFrames int
-	// ReadBufferSize and WriteBufferSize of the WebSocket connections;
-	// write buffers are pooled, so idle connections hold none.
+	// ReadBufferSize is each connection's WebSocket read buffer, held for
+	// the connection's life: small, since an idle connection's frames are
+	// tiny and larger frames are read past it (default 512 bytes).
+	// WriteBufferSize is the buffer one pump write gathers frames in;
+	// they are pooled, so idle connections hold none (default 16 KiB).
 	ReadBufferSize, WriteBufferSize int
 	// OnlineWindow is passed to the default presence tracker.
 	OnlineWindow time.Duration

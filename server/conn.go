@@ -3,8 +3,10 @@ package server
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,6 +64,12 @@ type conn struct {
 	pending        []pendingEntry
 	pendingBytes   int
 	unacked        map[uint64]struct{}
+
+	// Acks (see handleAck), guarded by mu.
+	acks   []uint64 // ids waiting for the ack worker
+	pongs  [][]byte // Pongs to queue once the acks received before them are applied
+	acking bool     // an ack worker runs
+	ackWG  sync.WaitGroup
 
 	subs []string // presence subjects (guarded by Relay.presMu)
 }
@@ -171,6 +179,9 @@ func (c *conn) logClose(err error) {
 }
 
 func (c *conn) teardown() {
+	// Acks read before the end are applied before the device counts as
+	// gone (and before Shutdown, which waits for detach, closes the store).
+	c.ackWG.Wait()
 	c.mu.Lock()
 	c.dead = true
 	unacked := len(c.unacked)
@@ -205,7 +216,7 @@ func (c *conn) handleMessage(mt int, b []byte) {
 	case *protocol.Frame_Ack:
 		c.handleAck(body.Ack.ServerIds)
 	case *protocol.Frame_Ping:
-		c.enqueue(&protocol.Frame{Body: &protocol.Frame_Pong{Pong: &protocol.Pong{Nonce: body.Ping.GetNonce()}}})
+		c.pong(encode(&protocol.Frame{Body: &protocol.Frame_Pong{Pong: &protocol.Pong{Nonce: body.Ping.GetNonce()}}}))
 	case *protocol.Frame_Pong:
 		// Liveness only; the read deadline was extended above.
 	case *protocol.Frame_Heartbeat:
@@ -274,7 +285,81 @@ func (c *conn) countBad(code protocol.ErrorCode) {
 	}
 }
 
+// maxQueuedAcks bounds the ack ids one connection has waiting for its ack
+// worker; beyond it the reader applies its acks itself, so a client that
+// acks faster than the store deletes is slowed through TCP backpressure.
+const maxQueuedAcks = 4 * protocol.MaxAckIDs
+
+// handleAck hands the ids to the connection's ack worker and goes on
+// reading: an ack must not hold up the Sends behind it while the store
+// commits it. The worker applies whatever acks have queued up meanwhile as
+// one store call. Pongs wait for the acks received before their Ping (see
+// pong), and teardown waits for the worker, so "answered" and
+// "disconnected" both still mean "every earlier ack is applied".
 func (c *conn) handleAck(ids []uint64) {
+	c.mu.Lock()
+	if c.acking {
+		if len(c.acks)+len(ids) <= maxQueuedAcks {
+			c.acks = append(c.acks, ids...)
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		c.applyAcks(ids)
+		return
+	}
+	c.acking = true
+	c.acks = append(c.acks, ids...)
+	c.mu.Unlock()
+	c.ackWG.Add(1) // only the reader adds, and only the reader's teardown waits
+	go c.ackLoop()
+}
+
+// ackLoop applies queued acks until none are left, then queues the Pongs
+// that waited for them.
+func (c *conn) ackLoop() {
+	defer c.ackWG.Done()
+	var spare []uint64
+	for {
+		c.mu.Lock()
+		ids, pongs := c.acks, c.pongs
+		c.acks, c.pongs = spare[:0], nil
+		if len(ids) == 0 && len(pongs) == 0 {
+			c.acking = false
+			c.acks = nil // an idle connection keeps no buffer
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		if len(ids) > 0 {
+			c.applyAcks(ids)
+		}
+		for _, p := range pongs {
+			c.enqueueBytes(p, false)
+		}
+		spare = ids
+		if cap(spare) > maxQueuedAcks {
+			spare = nil
+		}
+	}
+}
+
+// pong answers a Ping once the acks received before it are applied.
+func (c *conn) pong(b []byte) {
+	c.mu.Lock()
+	if c.acking {
+		c.pongs = append(c.pongs, b)
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	c.enqueueBytes(b, false)
+}
+
+// applyAcks deletes acked envelopes from the store and then forgets them
+// here. They stay in unacked until the store has deleted them: a rescan
+// reading the queue meanwhile must still see them as delivered.
+func (c *conn) applyAcks(ids []uint64) {
 	ctx, cancel := context.WithTimeout(c.r.ctx, c.r.cfg.SendTimeout)
 	n, err := c.r.store.Ack(ctx, c.dev, ids)
 	cancel()
@@ -491,21 +576,85 @@ var queueEmptyFrame = encode(&protocol.Frame{Body: &protocol.Frame_QueueEmpty{Qu
 
 // writeFrames writes frames (and a ping) with the write deadline; on error
 // the connection is closed and false returned.
+//
+// The frames are written by hand, not through gorilla's writer, which
+// makes one write(2) per message: here every frame queued together goes
+// out in as few writes as the pooled buffer allows (one, for the SendAcks
+// of a group commit or a batch of deliveries). A server frame is a short
+// header and the unmasked payload, so nothing is lost by it; each Write
+// holds whole frames, and net.Conn never interleaves two Writes, so
+// gorilla's own control frames (a Pong to a WebSocket ping, a close) slot
+// in between, never inside.
 func (c *conn) writeFrames(frames [][]byte, ping bool) bool {
-	c.ws.SetWriteDeadline(time.Now().Add(c.r.cfg.WriteTimeout))
-	for _, b := range frames {
-		if err := c.ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
-			c.writeFailed(err)
-			return false
-		}
+	nc := c.ws.NetConn()
+	if err := nc.SetWriteDeadline(time.Now().Add(c.r.cfg.WriteTimeout)); err != nil {
+		c.writeFailed(err)
+		return false
 	}
-	if ping {
-		if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.r.cfg.WriteTimeout)); err != nil {
-			c.writeFailed(err)
-			return false
+	if len(frames) == 0 {
+		// A ping alone: no buffer, no allocation (an idle connection's
+		// only write).
+		if ping {
+			if _, err := nc.Write(pingFrame); err != nil {
+				c.writeFailed(err)
+				return false
+			}
 		}
+		return true
+	}
+	bp := c.r.writeBufs.Get().(*[]byte)
+	defer c.r.writeBufs.Put(bp)
+	b := (*bp)[:0]
+	var err error
+	for _, f := range frames {
+		if len(b) > 0 && len(b)+maxFrameHeader+len(f) > cap(b) {
+			if _, err = nc.Write(b); err != nil {
+				break
+			}
+			b = b[:0]
+		}
+		if maxFrameHeader+len(f) > cap(b) {
+			// Larger than the buffer: header and payload in one writev.
+			bufs := net.Buffers{appendFrameHeader(b, websocket.BinaryMessage, len(f)), f}
+			if _, err = bufs.WriteTo(nc); err != nil {
+				break
+			}
+			continue
+		}
+		b = appendFrameHeader(b, websocket.BinaryMessage, len(f))
+		b = append(b, f...)
+	}
+	if err == nil && ping {
+		b = append(b, pingFrame...)
+	}
+	if err == nil && len(b) > 0 {
+		_, err = nc.Write(b)
+	}
+	if err != nil {
+		c.writeFailed(err)
+		return false
 	}
 	return true
+}
+
+// maxFrameHeader is the longest header of an unmasked WebSocket frame.
+const maxFrameHeader = 10
+
+// pingFrame is a WebSocket ping with no payload, as the server sends it.
+var pingFrame = []byte{0x80 | websocket.PingMessage, 0}
+
+// appendFrameHeader appends the header of a final, unmasked frame of n
+// payload bytes (RFC 6455 section 5.2).
+func appendFrameHeader(b []byte, opcode, n int) []byte {
+	b = append(b, 0x80|byte(opcode))
+	switch {
+	case n < 126:
+		return append(b, byte(n))
+	case n <= 0xffff:
+		return append(b, 126, byte(n>>8), byte(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(b, 127), uint64(n))
+	}
 }
 
 func (c *conn) writeFailed(err error) {

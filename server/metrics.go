@@ -25,6 +25,8 @@ type metrics struct {
 	presence     prometheus.Counter
 	late         prometheus.Counter
 	ringFailures prometheus.Counter
+	bellsRetried prometheus.Counter
+	bellsDropped prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, router routing.Router, ids nodeid.Provider) (*metrics, error) {
@@ -78,12 +80,20 @@ func newMetrics(reg prometheus.Registerer, router routing.Router, ids nodeid.Pro
 		}),
 		ringFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hush_doorbell_failures_total",
-			Help: "Doorbell batches the router could not ring (Redis unavailable); their recipients were pushed instead and their relays poll their queues.",
+			Help: "Doorbell batches the router could not ring (Redis unavailable or slow); their bells are kept and rung again once the router is healthy, and their recipients were pushed.",
+		}),
+		bellsRetried: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hush_doorbell_retries_total",
+			Help: "Doorbells rung again after a failed ring (merged per device).",
+		}),
+		bellsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hush_doorbells_dropped_total",
+			Help: "Failed doorbells not kept for a retry because too many devices were waiting for one; their envelopes wait for the recipient's next fetch or reconnect.",
 		}),
 	}
 	cs := []prometheus.Collector{m.connections, m.connects, m.disconnects, m.sends, m.sendSeconds,
 		m.deliveries, m.acks, m.redeliveries, m.rejected, m.queueDepth, m.oldest, m.expired, m.presence,
-		m.late, m.ringFailures}
+		m.late, m.ringFailures, m.bellsRetried, m.bellsDropped}
 	if h, ok := router.(interface{ Healthy() bool }); ok {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "hush_router_healthy",

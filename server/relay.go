@@ -37,6 +37,9 @@ type Relay struct {
 	push     push.Notifier
 	owned    []interface{ Close() error }
 	upgrader websocket.Upgrader
+	// writeBufs hold the frames of one pump write (see writeFrames); only
+	// a connection that is writing holds one.
+	writeBufs sync.Pool
 
 	ctx    context.Context // store operations; cancelled at the end of Shutdown
 	cancel context.CancelFunc
@@ -59,6 +62,7 @@ type Relay struct {
 	shutdown  sync.Once
 
 	ringFailing atomic.Bool // the last Ring failed (logged once per outage)
+	kept        *keptBells  // bells of failed Rings, for retryLoop
 }
 
 // New returns a running relay (its ping, sweep and presence timers start
@@ -89,6 +93,7 @@ func New(cfg Config) (*Relay, error) {
 		sessions:  make(map[uint64]*conn),
 		presSubs:  make(map[string]map[*conn]struct{}),
 		stopLoops: make(chan struct{}),
+		kept:      newKeptBells(),
 	}
 	if r.router == nil {
 		l := routing.NewLocal()
@@ -101,6 +106,10 @@ func New(cfg Config) (*Relay, error) {
 		r.owned = append(r.owned, p)
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.writeBufs.New = func() any {
+		b := make([]byte, 0, cfg.WriteBufferSize)
+		return &b
+	}
 	r.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   cfg.ReadBufferSize,
@@ -116,9 +125,10 @@ func New(cfg Config) (*Relay, error) {
 	}
 	r.router.Subscribe(routerHandler{r})
 	r.pres.Watch(r.presenceEvent)
-	r.bg.Add(2)
+	r.bg.Add(3)
 	go r.pingLoop()
 	go r.sweepLoop()
+	go r.retryLoop()
 	return r, nil
 }
 

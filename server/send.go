@@ -233,10 +233,10 @@ const ringTimeout = 5 * time.Second
 
 // ring rings the doorbells of a stored Send's recipients that are not
 // served from memory here, and pushes to those connected nowhere. When
-// the router fails (Redis down) every recipient it could not ring is
-// pushed instead: its own relay, if it has one, finds the envelope by
-// polling its queue (see routing), and a device connected nowhere must not
-// miss its push because of an outage. The failure is logged once per
+// the router fails (Redis down, or a call timed out) the bells are kept
+// and rung again once the router is healthy (see bells.go), and every
+// recipient is pushed at once: a device connected nowhere must not wait
+// for its push until the outage ends. The failure is logged once per
 // outage and counted in hush_doorbell_failures_total.
 func (r *Relay) ring(b *doorbells) {
 	var bells []routing.Bell
@@ -260,6 +260,7 @@ func (r *Relay) ring(b *doorbells) {
 	cancel()
 	if err != nil {
 		r.ringFailed(err)
+		r.keepBells(bells)
 		if r.push != nil {
 			for _, bl := range bells {
 				r.push.Notify(bl.Device)
@@ -282,7 +283,7 @@ func (r *Relay) ring(b *doorbells) {
 func (r *Relay) ringFailed(err error) {
 	r.m.ringFailures.Inc()
 	if r.ringFailing.CompareAndSwap(false, true) {
-		r.log.Warn("doorbells failing: recipients on other relays get their envelopes by polling, offline ones are pushed; logged once until doorbells work again", "err", err)
+		r.log.Warn("doorbells failing: they are rung again once the router is healthy, offline recipients are pushed; logged once until doorbells work again", "err", err)
 	}
 }
 
