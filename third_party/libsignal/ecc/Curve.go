@@ -7,8 +7,6 @@ import (
 	"io"
 
 	"golang.org/x/crypto/curve25519"
-
-	"go.mau.fi/libsignal/logger"
 )
 
 // DjbType is the Diffie-Hellman curve type (curve25519) created by D. J. Bernstein.
@@ -47,7 +45,6 @@ func CreateKeyPair(privateKey []byte) *ECKeyPair {
 	djbECPriv := NewDjbECPrivateKey(private)
 	keypair := NewECKeyPair(djbECPub, djbECPriv)
 
-	logger.Debug("Returning keypair: ", keypair)
 	return keypair
 }
 
@@ -85,16 +82,13 @@ func GenerateKeyPair() (*ECKeyPair, error) {
 
 // VerifySignature verifies that the message was signed with the given key.
 func VerifySignature(signingKey ECPublicKeyable, message []byte, signature [64]byte) bool {
-	logger.Debug("Verifying signature of bytes: ", message)
 	publicKey := signingKey.PublicKey()
 	valid := verify(publicKey, message, &signature)
-	logger.Debug("Signature valid: ", valid)
 	return valid
 }
 
 // CalculateSignature signs a message with the given private key.
 func CalculateSignature(signingKey ECPrivateKeyable, message []byte) [64]byte {
-	logger.Debug("Signing bytes with signing key")
 	// Get cryptographically secure random numbers.
 	var random [64]byte
 	r := rand.Reader

@@ -146,7 +146,6 @@ func (j *JSONStateSerializer) Serialize(state *record.StateStructure) []byte {
 	if err != nil {
 		logger.Error("Error serializing session state: ", err)
 	}
-	logger.Debug("Serialize result: ", string(serialized))
 
 	return serialized
 }

@@ -83,7 +83,6 @@ func (d *Cipher) Encrypt(ctx context.Context, plaintext []byte) (protocol.Cipher
 	sessionVersion := sessionState.Version()
 
 	ciphertextBody, err := encrypt(messageKeys, plaintext)
-	logger.Debug("Got ciphertextBody: ", ciphertextBody)
 	if err != nil {
 		return nil, err
 	}
@@ -233,7 +232,6 @@ func (d *Cipher) DecryptMessageReturnKey(ctx context.Context, ciphertextMessage 
 // DecryptWithKey will decrypt the given message using the given symmetric key. This
 // can be used when decrypting messages at a later time if the message key was saved.
 func (d *Cipher) DecryptWithKey(ctx context.Context, ciphertextMessage *protocol.SignalMessage, key *message.Keys) ([]byte, error) {
-	logger.Debug("Decrypting ciphertext body: ", ciphertextMessage.Body())
 	plaintext, err := decrypt(key, ciphertextMessage.Body())
 	if err != nil {
 		logger.Error("Unable to get plain text from ciphertext: ", err)
@@ -245,7 +243,6 @@ func (d *Cipher) DecryptWithKey(ctx context.Context, ciphertextMessage *protocol
 
 // DecryptWithRecord decrypts the given message using the given session record.
 func (d *Cipher) DecryptWithRecord(ctx context.Context, sessionRecord *record.Session, ciphertext *protocol.SignalMessage) ([]byte, *message.Keys, error) {
-	logger.Debug("Decrypting ciphertext with record: ", sessionRecord)
 	previousStates := sessionRecord.PreviousSessionStates()
 	sessionState := sessionRecord.SessionState()
 
@@ -285,7 +282,6 @@ func (d *Cipher) DecryptWithRecord(ctx context.Context, sessionRecord *record.Se
 
 // DecryptWithState decrypts the given message with the given session state.
 func (d *Cipher) DecryptWithState(ctx context.Context, sessionState *record.State, ciphertextMessage *protocol.SignalMessage) ([]byte, *message.Keys, error) {
-	logger.Debug("Decrypting ciphertext with session state: ", sessionState)
 	if !sessionState.HasSenderChain() {
 		logger.Error("Unable to decrypt message with state: ", signalerror.ErrUninitializedSession)
 		return nil, nil, signalerror.ErrUninitializedSession
@@ -394,14 +390,12 @@ func getOrCreateChainKey(sessionState *record.State, theirEphemeral ecc.ECPublic
 // decrypt will use the given message keys and ciphertext and return
 // the plaintext bytes.
 func decrypt(keys *message.Keys, body []byte) ([]byte, error) {
-	logger.Debug("Using cipherKey: ", keys.CipherKey())
 	return cipher.DecryptCbc(keys.Iv(), keys.CipherKey(), bytehelper.CopySlice(body))
 }
 
 // encrypt will use the given cipher, message keys, and plaintext bytes
 // and return ciphertext bytes.
 func encrypt(messageKeys *message.Keys, plaintext []byte) ([]byte, error) {
-	logger.Debug("Using cipherKey: ", messageKeys.CipherKey())
 	return cipher.EncryptCbc(messageKeys.Iv(), messageKeys.CipherKey(), plaintext)
 }
 
