@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"runtime"
+	"sync"
 )
 
 // Attachments use Signal's format: a random 64-byte key (AES-256 key ‖
@@ -19,10 +21,23 @@ import (
 // SHA-256 of the whole blob and travels with the key inside the E2E message,
 // so the storage server cannot swap the blob.
 //
-// Both directions stream with constant memory. Decryption needs the MAC
-// verified before any plaintext is released, so it reads the blob twice
-// from an io.ReaderAt (a file, or a download spooled to one): once to check
-// MAC, digest and padding, once to decrypt.
+// Every direction streams with constant memory (a few 256 KiB chunks) and
+// spreads its work over two goroutines, because the per-byte cost is all
+// CPU: AES-CBC encryption is one sequential chain of blocks, and the blob
+// needs two SHA-256 passes (MAC and digest). Encryption runs the cipher on
+// a goroutine of its own while the reader's goroutine hashes; decryption
+// hashes on one goroutine while another decrypts.
+//
+// Decryption never releases unverified plaintext. Two ways:
+//
+//   - AttachmentDecrypter takes the blob as it downloads (io.Writer) and
+//     decrypts into a destination the caller keeps private, e.g. a
+//     temporary file; only when Finish has checked the MAC, the digest and
+//     the padding may the caller publish it (rename it into place). One
+//     pass over the bytes.
+//   - DecryptAttachment reads a stored blob (io.ReaderAt) twice: once to
+//     check MAC, digest and padding, writing nothing, then to decrypt into
+//     any writer, checking the MAC again in case the source changed.
 
 const (
 	// AttachmentKeySize is the random key: 32 bytes AES-256 ‖ 32 bytes HMAC.
@@ -31,8 +46,13 @@ const (
 	AttachmentDigestSize = sha256.Size
 	attachmentIVSize     = aes.BlockSize
 	attachmentMACSize    = sha256.Size
-	// attachmentChunk is the streaming buffer size.
-	attachmentChunk = 64 << 10
+	// attachmentChunk is the unit of streaming work: large enough that
+	// per-chunk costs (channel hand-offs, syscalls) vanish, small enough
+	// that a few chunks in flight stay in the L2 cache.
+	attachmentChunk = 256 << 10
+	// pipeChunks bounds the chunks in flight in a pipeline (memory:
+	// pipeChunks × attachmentChunk per transfer).
+	pipeChunks = 4
 	// minAttachmentBlob is IV + one padded block + MAC (an empty file).
 	minAttachmentBlob = attachmentIVSize + aes.BlockSize + attachmentMACSize
 )
@@ -64,25 +84,55 @@ func EncryptedSize(plainLen int64) int64 {
 
 // AttachmentEncrypter is an io.Reader of the encrypted blob. Digest is
 // available once Read has returned io.EOF.
+//
+// The first Read starts a goroutine that reads the plaintext and runs
+// AES-CBC up to pipeChunks chunks ahead; Read itself computes the MAC and
+// the digest over the ciphertext it returns. The goroutine ends at the end
+// of the plaintext, at a plaintext read error, or at Close. An encrypter
+// is for one goroutine at a time.
 type AttachmentEncrypter struct {
-	src    io.Reader
-	cbc    cipher.BlockMode
+	p      *encPipe
 	mac    hash.Hash
 	digest hash.Hash
 
-	in      []byte // plaintext read but not yet encrypted (< one block carried over)
-	out     []byte // encrypted bytes not yet returned
-	outBuf  []byte
+	iv      [attachmentIVSize]byte
+	tag     [attachmentMACSize]byte
+	cur     *encChunk // chunk being returned, recycled when drained
+	out     []byte    // bytes not yet returned
 	n       int64
-	err     error // sticky source error
-	done    bool  // padding and MAC emitted
+	started bool
+	tail    bool  // the MAC is in out: the blob ends after it
+	done    bool  // everything returned
+	err     error // sticky
 	sum     []byte
-	srcDone bool
 }
+
+// encChunk is ciphertext the cipher goroutine produced.
+type encChunk struct {
+	buf  []byte
+	last bool  // the final chunk: padding included
+	err  error // a plaintext read error instead of data
+}
+
+// encPipe is the cipher goroutine's state. It holds no reference to the
+// AttachmentEncrypter, so an abandoned encrypter is collected and its
+// cleanup stops the goroutine.
+type encPipe struct {
+	src    io.Reader
+	cbc    cipher.BlockMode
+	free   chan *encChunk
+	ready  chan *encChunk
+	stop   chan struct{}
+	once   sync.Once
+	exited chan struct{}
+}
+
+var errEncrypterClosed = errors.New("encrypt attachment: encrypter closed")
 
 // EncryptAttachment returns a reader of the blob for plaintext under key
 // (64 bytes, see NewAttachmentKey). It reads plaintext as it is read
-// itself, holding at most a few chunks in memory.
+// itself, holding at most a few chunks in memory. Close it if the blob is
+// abandoned before io.EOF.
 func EncryptAttachment(plaintext io.Reader, key []byte) (*AttachmentEncrypter, error) {
 	if len(key) != AttachmentKeySize {
 		return nil, fmt.Errorf("encrypt attachment: %w, got %d", ErrAttachmentKey, len(key))
@@ -99,23 +149,29 @@ func newAttachmentEncrypter(plaintext io.Reader, key, iv []byte) (*AttachmentEnc
 	if err != nil {
 		return nil, fmt.Errorf("encrypt attachment: %w", err)
 	}
-	e := &AttachmentEncrypter{
+	p := &encPipe{
 		src:    plaintext,
 		cbc:    cipher.NewCBCEncrypter(block, iv),
+		free:   make(chan *encChunk, pipeChunks),
+		ready:  make(chan *encChunk, pipeChunks),
+		stop:   make(chan struct{}),
+		exited: make(chan struct{}),
+	}
+	e := &AttachmentEncrypter{
+		p:      p,
 		mac:    hmac.New(sha256.New, key[32:]),
 		digest: sha256.New(),
-		// Room for a carried partial block and a padding block, and the MAC.
-		in:     make([]byte, 0, attachmentChunk+2*aes.BlockSize),
-		outBuf: make([]byte, 0, attachmentChunk+2*aes.BlockSize+attachmentMACSize),
 	}
+	copy(e.iv[:], iv)
 	e.mac.Write(iv)
-	e.out = append(e.outBuf[:0], iv...)
 	e.digest.Write(iv)
+	e.out = e.iv[:]
+	runtime.AddCleanup(e, (*encPipe).halt, p)
 	return e, nil
 }
 
 // Read implements io.Reader.
-func (e *AttachmentEncrypter) Read(p []byte) (int, error) {
+func (e *AttachmentEncrypter) Read(b []byte) (int, error) {
 	for len(e.out) == 0 {
 		if e.done {
 			return 0, io.EOF
@@ -123,59 +179,130 @@ func (e *AttachmentEncrypter) Read(p []byte) (int, error) {
 		if e.err != nil {
 			return 0, e.err
 		}
-		e.fill()
+		e.next()
 	}
-	n := copy(p, e.out)
+	n := copy(b, e.out)
 	e.out = e.out[n:]
 	e.n += int64(n)
 	return n, nil
 }
 
-// fill reads the next plaintext chunk and encrypts every full block of it;
-// at the end of the plaintext it pads, encrypts the last block and appends
-// the MAC.
-func (e *AttachmentEncrypter) fill() {
-	if !e.srcDone {
-		start := len(e.in)
-		buf := e.in[start : start+attachmentChunk]
-		n, err := io.ReadFull(e.src, buf)
-		e.in = e.in[:start+n]
-		switch {
-		case err == io.EOF || err == io.ErrUnexpectedEOF:
-			e.srcDone = true
-		case err != nil:
-			e.err = fmt.Errorf("encrypt attachment: read plaintext: %w", err)
+// next makes the next bytes of the blob ready in e.out.
+func (e *AttachmentEncrypter) next() {
+	if e.tail {
+		e.done = true
+		return
+	}
+	if c := e.cur; c != nil {
+		e.cur = nil
+		if c.last {
+			// The MAC ends the blob; the digest covers it too.
+			tag := e.mac.Sum(e.tag[:0])
+			e.digest.Write(tag)
+			e.sum = e.digest.Sum(nil)
+			e.out, e.tail = tag, true
+			return
+		}
+		e.p.free <- c // never blocks: at most pipeChunks chunks exist
+	}
+	if !e.started {
+		e.started = true
+		for range pipeChunks {
+			e.p.free <- &encChunk{buf: make([]byte, 0, attachmentChunk+aes.BlockSize)}
+		}
+		go e.p.run()
+	}
+	var c *encChunk
+	select {
+	case c = <-e.p.ready:
+	case <-e.p.stop:
+		e.err = errEncrypterClosed
+		return
+	}
+	if c.err != nil {
+		e.err = c.err
+		return
+	}
+	e.mac.Write(c.buf)
+	e.digest.Write(c.buf)
+	e.cur, e.out = c, c.buf
+}
+
+// run reads plaintext chunk by chunk and encrypts every full block; at the
+// end of the plaintext it pads and encrypts the last block.
+func (p *encPipe) run() {
+	defer close(p.exited)
+	// Plaintext read but not yet encrypted: less than a block carried over
+	// from the last chunk, then up to a chunk, then room for the padding.
+	in := make([]byte, 0, attachmentChunk+aes.BlockSize)
+	for {
+		var c *encChunk
+		select {
+		case c = <-p.free:
+		case <-p.stop:
+			return
+		}
+		start := len(in)
+		n, err := io.ReadFull(p.src, in[start:attachmentChunk])
+		in = in[:start+n]
+		eof := err == io.EOF || err == io.ErrUnexpectedEOF
+		if err != nil && !eof {
+			c.err = fmt.Errorf("encrypt attachment: read plaintext: %w", err)
+			p.send(c)
+			return
+		}
+		full := len(in) / aes.BlockSize * aes.BlockSize
+		if eof {
+			pad := aes.BlockSize - len(in)%aes.BlockSize
+			for range pad {
+				in = append(in, byte(pad))
+			}
+			full = len(in)
+		}
+		c.buf = c.buf[:full]
+		p.cbc.CryptBlocks(c.buf, in[:full])
+		c.last = eof
+		in = in[:copy(in, in[full:])]
+		if !p.send(c) || eof {
 			return
 		}
 	}
-	full := len(e.in) / aes.BlockSize * aes.BlockSize
-	if e.srcDone {
-		pad := aes.BlockSize - len(e.in)%aes.BlockSize
-		for range pad {
-			e.in = append(e.in, byte(pad))
-		}
-		full = len(e.in)
+}
+
+func (p *encPipe) send(c *encChunk) bool {
+	select {
+	case p.ready <- c:
+		return true
+	case <-p.stop:
+		return false
 	}
-	out := e.outBuf[:full]
-	e.cbc.CryptBlocks(out, e.in[:full])
-	e.mac.Write(out)
-	if e.srcDone {
-		out = e.mac.Sum(out)
-		e.done = true
+}
+
+// halt tells the cipher goroutine to stop; it does not wait.
+func (p *encPipe) halt() { p.once.Do(func() { close(p.stop) }) }
+
+// Close stops the cipher goroutine and waits for it, which includes a
+// plaintext read in progress; after Close the plaintext reader is no
+// longer used. Close after io.EOF is a no-op; Read after Close fails.
+func (e *AttachmentEncrypter) Close() error {
+	if e.tail {
+		return nil // the goroutine has ended
 	}
-	e.digest.Write(out)
-	e.out = out
-	rest := copy(e.in, e.in[full:])
-	e.in = e.in[:rest]
-	if e.done {
-		e.sum = e.digest.Sum(nil)
+	e.p.halt()
+	if e.started {
+		<-e.p.exited
 	}
+	if e.err == nil {
+		e.err = errEncrypterClosed
+	}
+	e.out = nil
+	return nil
 }
 
 // Digest returns the SHA-256 digest of the blob, once Read has returned
 // io.EOF.
 func (e *AttachmentEncrypter) Digest() ([]byte, error) {
-	if !e.done || len(e.out) != 0 {
+	if !e.done && !(e.tail && len(e.out) == 0) {
 		return nil, errors.New("attachment digest: blob not fully read")
 	}
 	return append([]byte(nil), e.sum...), nil
@@ -188,39 +315,32 @@ func (e *AttachmentEncrypter) Size() int64 { return e.n }
 // and only then decrypts it into dst, returning the plaintext length. It
 // reads src twice: the first pass checks the MAC, the digest and the
 // padding and writes nothing; the second decrypts (and checks the MAC
-// again, in case src changed in between, reporting ErrBadMAC at the end).
+// again, in case src changed in between, reporting ErrBadMAC before the
+// last block). Each pass runs its two computations on two goroutines.
 // Errors: ErrAttachmentKey, ErrTruncated (size impossible for the format),
 // ErrBadMAC, ErrBadDigest, ErrBadPadding, or the reader's/writer's error.
+//
+// For a blob that is still arriving, AttachmentDecrypter needs one pass.
 func DecryptAttachment(dst io.Writer, src io.ReaderAt, size int64, key, digest []byte) (int64, error) {
-	if len(key) != AttachmentKeySize {
-		return 0, fmt.Errorf("decrypt attachment: %w, got %d", ErrAttachmentKey, len(key))
-	}
-	if len(digest) != AttachmentDigestSize {
-		return 0, fmt.Errorf("decrypt attachment: %w: digest must be %d bytes, got %d", ErrBadDigest, AttachmentDigestSize, len(digest))
-	}
-	if size < minAttachmentBlob || (size-attachmentIVSize-attachmentMACSize)%aes.BlockSize != 0 {
-		return 0, fmt.Errorf("decrypt attachment: %w: %d bytes", ErrTruncated, size)
+	if err := checkDecryptArgs(size, key, digest); err != nil {
+		return 0, err
 	}
 	block, err := aes.NewCipher(key[:32])
 	if err != nil {
 		return 0, fmt.Errorf("decrypt attachment: %w", err)
 	}
 	bodyEnd := size - attachmentMACSize
-	buf := make([]byte, attachmentChunk)
 
 	// Pass 1: MAC and digest, nothing written.
-	mac := hmac.New(sha256.New, key[32:])
+	v := &blobHash{macEnd: bodyEnd, mac: hmac.New(sha256.New, key[32:])}
 	sum := sha256.New()
-	if err := readRange(src, 0, bodyEnd, buf, func(b []byte) { mac.Write(b); sum.Write(b) }); err != nil {
+	p := newChunkPipe(v.writeMAC, func(c *attChunk) { sum.Write(c.buf) })
+	err = p.feedAt(src, size)
+	p.finish()
+	if err != nil {
 		return 0, fmt.Errorf("decrypt attachment: %w", err)
 	}
-	theirMAC := make([]byte, attachmentMACSize)
-	if err := readFullAt(src, theirMAC, bodyEnd); err != nil {
-		return 0, fmt.Errorf("decrypt attachment: %w", err)
-	}
-	sum.Write(theirMAC)
-	ourMAC := mac.Sum(nil)
-	if !hmac.Equal(ourMAC, theirMAC) {
+	if !hmac.Equal(v.mac.Sum(nil), v.theirMAC[:]) {
 		return 0, fmt.Errorf("decrypt attachment: %w", ErrBadMAC)
 	}
 	if subtle.ConstantTimeCompare(sum.Sum(nil), digest) != 1 {
@@ -234,62 +354,35 @@ func DecryptAttachment(dst io.Writer, src io.ReaderAt, size int64, key, digest [
 		return 0, fmt.Errorf("decrypt attachment: %w", err)
 	}
 	cipher.NewCBCDecrypter(block, last[:aes.BlockSize]).CryptBlocks(last[aes.BlockSize:], last[aes.BlockSize:])
-	pad, ok := pkcs7(last[aes.BlockSize:])
-	if !ok {
+	if _, ok := pkcs7(last[aes.BlockSize:]); !ok {
 		return 0, fmt.Errorf("decrypt attachment: %w", ErrBadPadding)
 	}
 
-	// Pass 2: decrypt, holding back the padding.
-	iv := make([]byte, attachmentIVSize)
-	if err := readFullAt(src, iv, 0); err != nil {
-		return 0, fmt.Errorf("decrypt attachment: %w", err)
+	// Pass 2: decrypt while the MAC is checked again.
+	d := newDecrypter(dst, size, block, key[32:], nil)
+	if err := d.feedAt(src); err != nil {
+		d.abort()
+		return d.written, fmt.Errorf("decrypt attachment: %w", err)
 	}
-	mac.Reset()
-	mac.Write(iv)
-	cbc := cipher.NewCBCDecrypter(block, iv)
-	plainLen := bodyEnd - attachmentIVSize - int64(pad)
-	var written int64
-	var werr error
-	err = readRange(src, attachmentIVSize, bodyEnd, buf, func(b []byte) {
-		mac.Write(b)
-		if werr != nil {
-			return
-		}
-		cbc.CryptBlocks(b, b)
-		if rest := plainLen - written; int64(len(b)) > rest {
-			b = b[:rest]
-		}
-		n, err := dst.Write(b)
-		written += int64(n)
-		if err != nil {
-			werr = fmt.Errorf("decrypt attachment: write plaintext: %w", err)
-		}
-	})
-	if werr != nil {
-		return written, werr
+	n, err := d.finish()
+	if errors.Is(err, ErrBadMAC) {
+		return d.written, fmt.Errorf("decrypt attachment: %w: blob changed between passes", ErrBadMAC)
 	}
 	if err != nil {
-		return written, fmt.Errorf("decrypt attachment: %w", err)
+		return d.written, err
 	}
-	if !hmac.Equal(mac.Sum(nil), ourMAC) {
-		return written, fmt.Errorf("decrypt attachment: %w: blob changed between passes", ErrBadMAC)
-	}
-	return written, nil
+	return n, nil
 }
 
-// readRange streams src[from:to] through fn in chunks of len(buf) bytes
-// (a multiple of the block size, so CBC can work in place).
-func readRange(src io.ReaderAt, from, to int64, buf []byte, fn func([]byte)) error {
-	for off := from; off < to; {
-		n := int64(len(buf))
-		if to-off < n {
-			n = to - off
-		}
-		if err := readFullAt(src, buf[:n], off); err != nil {
-			return err
-		}
-		fn(buf[:n])
-		off += n
+func checkDecryptArgs(size int64, key, digest []byte) error {
+	if len(key) != AttachmentKeySize {
+		return fmt.Errorf("decrypt attachment: %w, got %d", ErrAttachmentKey, len(key))
+	}
+	if len(digest) != AttachmentDigestSize {
+		return fmt.Errorf("decrypt attachment: %w: digest must be %d bytes, got %d", ErrBadDigest, AttachmentDigestSize, len(digest))
+	}
+	if size < minAttachmentBlob || (size-attachmentIVSize-attachmentMACSize)%aes.BlockSize != 0 {
+		return fmt.Errorf("decrypt attachment: %w: %d bytes", ErrTruncated, size)
 	}
 	return nil
 }
