@@ -142,8 +142,9 @@ func (c *Client) pump(ctx context.Context, s *session) {
 				s.fail(err)
 				return
 			}
+			var items []*store.OutboxItem
 			for _, seq := range seqs {
-				if bySeq[seq] || len(inflight) >= c.cfg.SendWindow {
+				if bySeq[seq] || len(inflight)+len(items) >= c.cfg.SendWindow {
 					continue
 				}
 				it, err := c.db.OutboxItem(ctx, seq)
@@ -154,18 +155,22 @@ func (c *Client) pump(ctx context.Context, s *session) {
 					s.fail(err)
 					return
 				}
-				fl, err := c.prepare(ctx, it)
-				if errors.Is(err, errNotNow) {
-					continue
-				}
-				if err != nil {
-					if ctx.Err() != nil {
-						return
-					}
-					c.log.Error("prepare send", "outbox", it.Seq, "err", err)
-					s.fail(err)
+				items = append(items, it)
+			}
+			fls, err := c.prepareBatch(ctx, items)
+			if err != nil {
+				if ctx.Err() != nil {
 					return
 				}
+				c.log.Error("prepare send", "err", err)
+				s.fail(err)
+				return
+			}
+			if hook := c.cfg.testHookBeforeSend; hook != nil && len(fls) > 0 && hook(len(fls)) {
+				s.fail(errCrashTest)
+				return
+			}
+			for _, fl := range fls {
 				if err := s.send(fl.item.Frame); err != nil {
 					return
 				}
@@ -200,13 +205,33 @@ func (c *Client) pump(ctx context.Context, s *session) {
 		}
 		select {
 		case ack := <-s.acks:
-			fl := inflight[string(ack.ClientId)]
-			if fl != nil {
-				delete(inflight, string(ack.ClientId))
-				delete(bySeq, fl.item.Seq)
-				if err := c.handleAck(ctx, fl, ack); err != nil {
+			// Every ack already waiting is handled with this one: the
+			// successful ones in one transaction.
+			var done []*flight
+			var doneAcks []*protocol.SendAck
+			for ack != nil {
+				if fl := inflight[string(ack.ClientId)]; fl != nil {
+					delete(inflight, string(ack.ClientId))
+					delete(bySeq, fl.item.Seq)
+					if ack.Error == nil {
+						done, doneAcks = append(done, fl), append(doneAcks, ack)
+					} else if err := c.handleAck(ctx, fl, ack); err != nil {
+						if ctx.Err() == nil {
+							c.log.Error("handle send ack", "err", err)
+						}
+						s.fail(err)
+					}
+				}
+				select {
+				case ack = <-s.acks:
+				default:
+					ack = nil
+				}
+			}
+			if len(done) > 0 {
+				if err := c.handleAcks(ctx, done, doneAcks); err != nil {
 					if ctx.Err() == nil {
-						c.log.Error("handle send ack", "err", err)
+						c.log.Error("handle send acks", "err", err)
 					}
 					s.fail(err)
 				}
@@ -230,6 +255,94 @@ func (c *Client) pump(ctx context.Context, s *session) {
 		default:
 		}
 	}
+}
+
+// prepareBatch returns the rows of items that are ready to send, in
+// order. Pairwise rows without a stored frame are encrypted together: the
+// devices they address are resolved first (which may fetch bundles from
+// the key server, so outside any transaction), then every row's ratchet
+// steps and Send frame commit in one transaction, instead of one commit
+// per row. When that transaction fails, each of its rows goes through
+// prepare on its own, which files each row's problem with that row
+// (deferred, blocked, split, failed). Every other row goes through prepare
+// too. An error is a failure of the store.
+func (c *Client) prepareBatch(ctx context.Context, items []*store.OutboxItem) ([]*flight, error) {
+	type job struct {
+		i       int
+		it      *store.OutboxItem
+		targets []target
+	}
+	var jobs []job
+	var single []int // rows for prepare, by index
+	devices := map[string][]uint32{}
+	var trust *trustCheck
+	for i, it := range items {
+		if it.Frame != nil || it.Kind != store.OutboxPairwise {
+			single = append(single, i)
+			continue
+		}
+		if trust == nil {
+			var err error
+			if trust, err = c.newTrustCheck(ctx); err != nil {
+				return nil, err
+			}
+		}
+		if trust.check(it.Accounts) != nil {
+			single = append(single, i)
+			continue
+		}
+		tg, err := c.targetsCached(ctx, it.Accounts, it.OwnDevices, devices)
+		if err != nil || len(tg) == 0 {
+			single = append(single, i)
+			continue
+		}
+		jobs = append(jobs, job{i: i, it: it, targets: tg})
+	}
+	out := make([]*flight, len(items))
+	if len(jobs) > 0 {
+		fls := make([]*flight, len(jobs))
+		err := c.db.Atomic(ctx, func(ctx context.Context) error {
+			for k, j := range jobs {
+				it := *j.it // a copy: a failed batch leaves the row as it was
+				fl, err := c.encryptPairwise(ctx, &it, j.targets)
+				if err != nil {
+					return fmt.Errorf("outbox row %d: %w", it.Seq, err)
+				}
+				fls[k] = fl
+				if hook := c.cfg.testHookInSendBatch; hook != nil && hook(k, len(jobs)) {
+					return errCrashTest
+				}
+			}
+			return nil
+		})
+		switch {
+		case err == nil:
+			for k, j := range jobs {
+				out[j.i] = fls[k]
+			}
+		case ctx.Err() != nil:
+			return nil, err
+		default:
+			if len(jobs) > 1 {
+				c.log.Info("a batch of sends failed; preparing them one by one", "rows", len(jobs), "err", err)
+			}
+			for _, j := range jobs {
+				single = append(single, j.i)
+			}
+			slices.Sort(single)
+		}
+	}
+	for _, i := range single {
+		fl, err := c.prepare(ctx, items[i])
+		if errors.Is(err, errNotNow) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("outbox row %d: %w", items[i].Seq, err)
+		}
+		out[i] = fl
+	}
+	return slices.DeleteFunc(out, func(fl *flight) bool { return fl == nil }), nil
 }
 
 // prepare returns row it ready to send: its stored frame, or a new one.
@@ -337,15 +450,33 @@ func newClientID() []byte {
 // checkTrust refuses (under Strict) accounts with an unaccepted identity
 // change.
 func (c *Client) checkTrust(ctx context.Context, accounts []string) error {
-	if c.cfg.IdentityPolicy != Strict {
-		return nil
-	}
-	changes, err := c.db.IdentityChanges(ctx, "")
-	if err != nil || len(changes) == 0 {
+	tc, err := c.newTrustCheck(ctx)
+	if err != nil {
 		return err
 	}
+	return tc.check(accounts)
+}
+
+// trustCheck is checkTrust for several rows, reading the pending identity
+// changes once.
+type trustCheck struct {
+	changes []store.IdentityChange
+}
+
+func (c *Client) newTrustCheck(ctx context.Context) (*trustCheck, error) {
+	if c.cfg.IdentityPolicy != Strict {
+		return &trustCheck{}, nil
+	}
+	changes, err := c.db.IdentityChanges(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	return &trustCheck{changes: changes}, nil
+}
+
+func (tc *trustCheck) check(accounts []string) error {
 	var bad []string
-	for _, ch := range changes {
+	for _, ch := range tc.changes {
 		if slices.Contains(accounts, ch.Name) && !slices.Contains(bad, ch.Name) {
 			bad = append(bad, ch.Name)
 		}
@@ -519,13 +650,29 @@ type target struct {
 
 // targets resolves the devices of accounts (and own devices).
 func (c *Client) targets(ctx context.Context, accounts []string, own bool) ([]target, error) {
+	return c.targetsCached(ctx, accounts, own, nil)
+}
+
+// targetsCached is targets with the devices of each account looked up
+// once per cache (nil: no cache).
+func (c *Client) targetsCached(ctx context.Context, accounts []string, own bool, cache map[string][]uint32) ([]target, error) {
 	me := c.me()
+	devicesOf := func(a string) ([]uint32, error) {
+		if devs, ok := cache[a]; ok {
+			return devs, nil
+		}
+		devs, err := c.devicesOf(ctx, a)
+		if err == nil && cache != nil {
+			cache[a] = devs
+		}
+		return devs, err
+	}
 	var out []target
 	for _, a := range accounts {
 		if a == me {
 			continue
 		}
-		devs, err := c.devicesOf(ctx, a)
+		devs, err := devicesOf(a)
 		if err != nil {
 			return nil, err
 		}
@@ -534,7 +681,7 @@ func (c *Client) targets(ctx context.Context, accounts []string, own bool) ([]ta
 		}
 	}
 	if own {
-		devs, err := c.devicesOf(ctx, me)
+		devs, err := devicesOf(me)
 		if err != nil {
 			return nil, err
 		}
@@ -558,37 +705,16 @@ func (c *Client) preparePairwise(ctx context.Context, it *store.OutboxItem) (*fl
 		// are none): done.
 		return nil, c.finish(ctx, it, 0)
 	}
-	p := c.protocol()
-	fl := &flight{}
+	var fl *flight
 	err = c.db.Atomic(ctx, func(ctx context.Context) error {
-		send := &protocol.Send{ClientId: newClientID()}
-		for _, tg := range targets {
-			payload := it.Content
-			if tg.sync && it.SyncContent != nil {
-				payload = it.SyncContent
-			}
-			for _, d := range tg.devices {
-				addr := crypto.Address{Name: tg.account, DeviceID: d}
-				ct, err := p.Encrypt(ctx, addr, payload)
-				if err != nil {
-					return fmt.Errorf("encrypt for %s: %w", addr, err)
-				}
-				send.Recipients = append(send.Recipients, &protocol.Recipient{Account: tg.account, Device: d,
-					Payload: ct.Body, Type: protocol.EnvelopeType(ct.Type)})
-			}
-		}
-		frame, err := protocol.EncodeFrame(&protocol.Frame{Body: &protocol.Frame_Send{Send: send}})
-		if err != nil {
-			return err
-		}
-		it.ClientID, it.Frame, it.Error = send.ClientId, frame, ""
-		fl.addrs = recipientsOf(send)
-		return c.db.UpdateOutbox(ctx, it)
+		var err error
+		fl, err = c.encryptPairwise(ctx, it, targets)
+		return err
 	})
 	var le *protocol.LimitError
 	switch {
 	case err == nil:
-		fl.item = *it
+		*it = fl.item
 		return fl, nil
 	case errors.As(err, &le) && len(it.Accounts) > 1:
 		// Too big for one frame: split the row in two (nothing was
@@ -631,6 +757,38 @@ func (c *Client) preparePairwise(ctx context.Context, it *store.OutboxItem) (*fl
 		return nil, &transientError{err: fmt.Errorf("session with %s is stale: %w", uie.Address, crypto.ErrUntrustedIdentity), after: time.Millisecond}
 	}
 	return nil, err
+}
+
+// encryptPairwise encrypts row it for the devices of targets and stores
+// the Send frame in the row, inside the caller's transaction. it is
+// updated; the flight holds a copy.
+func (c *Client) encryptPairwise(ctx context.Context, it *store.OutboxItem, targets []target) (*flight, error) {
+	p := c.protocol()
+	send := &protocol.Send{ClientId: newClientID()}
+	for _, tg := range targets {
+		payload := it.Content
+		if tg.sync && it.SyncContent != nil {
+			payload = it.SyncContent
+		}
+		for _, d := range tg.devices {
+			addr := crypto.Address{Name: tg.account, DeviceID: d}
+			ct, err := p.Encrypt(ctx, addr, payload)
+			if err != nil {
+				return nil, fmt.Errorf("encrypt for %s: %w", addr, err)
+			}
+			send.Recipients = append(send.Recipients, &protocol.Recipient{Account: tg.account, Device: d,
+				Payload: ct.Body, Type: protocol.EnvelopeType(ct.Type)})
+		}
+	}
+	frame, err := protocol.EncodeFrame(&protocol.Frame{Body: &protocol.Frame_Send{Send: send}})
+	if err != nil {
+		return nil, err
+	}
+	it.ClientID, it.Frame, it.Error = send.ClientId, frame, ""
+	if err := c.db.UpdateOutbox(ctx, it); err != nil {
+		return nil, err
+	}
+	return &flight{item: *it, addrs: recipientsOf(send)}, nil
 }
 
 func (c *Client) prepareGroup(ctx context.Context, it *store.OutboxItem) (*flight, error) {
@@ -779,43 +937,73 @@ func (c *Client) finish(ctx context.Context, it *store.OutboxItem, serverID uint
 	return errNotNow
 }
 
+// handleAcks completes rows the relay stored, in one transaction (one by
+// one if that fails).
+func (c *Client) handleAcks(ctx context.Context, fls []*flight, acks []*protocol.SendAck) error {
+	if len(fls) > 1 {
+		err := c.tx(ctx, func(ctx context.Context, t *txn) error {
+			for i, fl := range fls {
+				if err := c.acked(ctx, t, fl, acks[i]); err != nil {
+					return fmt.Errorf("outbox row %d: %w", fl.item.Seq, err)
+				}
+			}
+			return nil
+		})
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		c.log.Warn("completing a batch of sends failed; completing them one by one", "rows", len(fls), "err", err)
+	}
+	var errs error
+	for i, fl := range fls {
+		errs = errors.Join(errs, c.handleAck(ctx, fl, acks[i]))
+	}
+	return errs
+}
+
+// acked completes a row the relay stored: it is deleted, the devices it
+// carried a sender key to become holders, and its message is marked sent
+// (✓) with the relay's id.
+func (c *Client) acked(ctx context.Context, t *txn, fl *flight, ack *protocol.SendAck) error {
+	it := &fl.item
+	if it.Kind == store.OutboxPairwise && it.GroupID != nil {
+		if err := c.db.AddSenderKeyHolders(ctx, it.GroupID, fl.addrs); err != nil {
+			return err
+		}
+	}
+	if err := c.db.DeleteOutbox(ctx, it.Seq); err != nil {
+		return err
+	}
+	if it.Message == 0 {
+		return nil
+	}
+	m, err := c.db.MessageBySeq(ctx, it.Message)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := c.db.AddServerID(ctx, m.Seq, ack.ServerId); err != nil {
+		return err
+	}
+	if m.Status < store.StatusSent {
+		if err := c.db.SetStatus(ctx, m.Seq, store.StatusSent, ack.ServerId, ""); err != nil {
+			return err
+		}
+		t.status = true
+		t.ephemeral = append(t.ephemeral, &SentEvent{ID: messageIDFrom(m.ID), Conv: ConvID(m.Conv), ServerID: ack.ServerId, Status: StatusSent})
+	} else if m.ServerID == 0 {
+		return c.db.SetStatus(ctx, m.Seq, m.Status, ack.ServerId, m.Error)
+	}
+	return nil
+}
+
 // handleAck completes or retries a row after the relay's answer.
 func (c *Client) handleAck(ctx context.Context, fl *flight, ack *protocol.SendAck) error {
 	it := &fl.item
 	if ack.Error == nil {
-		return c.tx(ctx, func(ctx context.Context, t *txn) error {
-			if it.Kind == store.OutboxPairwise && it.GroupID != nil {
-				if err := c.db.AddSenderKeyHolders(ctx, it.GroupID, fl.addrs); err != nil {
-					return err
-				}
-			}
-			if err := c.db.DeleteOutbox(ctx, it.Seq); err != nil {
-				return err
-			}
-			if it.Message == 0 {
-				return nil
-			}
-			m, err := c.db.MessageBySeq(ctx, it.Message)
-			if errors.Is(err, store.ErrNotFound) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if err := c.db.AddServerID(ctx, m.Seq, ack.ServerId); err != nil {
-				return err
-			}
-			if m.Status < store.StatusSent {
-				if err := c.db.SetStatus(ctx, m.Seq, store.StatusSent, ack.ServerId, ""); err != nil {
-					return err
-				}
-				t.status = true
-				t.ephemeral = append(t.ephemeral, &SentEvent{ID: messageIDFrom(m.ID), Conv: ConvID(m.Conv), ServerID: ack.ServerId, Status: StatusSent})
-			} else if m.ServerID == 0 {
-				return c.db.SetStatus(ctx, m.Seq, m.Status, ack.ServerId, m.Error)
-			}
-			return nil
-		})
+		return c.tx(ctx, func(ctx context.Context, t *txn) error { return c.acked(ctx, t, fl, ack) })
 	}
 	e := ack.Error
 	switch e.Code {
