@@ -18,13 +18,16 @@ package client
 //     A group file is uploaded once and the pointer goes to every member
 //     in the one sender-key message.
 //
-// Receiving stores only the pointer. SaveAttachment downloads on demand
-// into a part file next to the destination (a second call resumes after
-// the part file's length), then verifies MAC and digest over the whole
-// blob before it writes any plaintext, decrypts into a temporary file and
-// renames that into place. A tampered, truncated or wrongly keyed file is
-// refused with ErrAttachmentCorrupt; its part file is deleted and no
-// plaintext file is left behind. Memory use is constant in the file size.
+// Receiving stores only the pointer. SaveAttachment downloads on demand,
+// in one pass: the blob is hashed (MAC and digest) and decrypted as it
+// arrives (crypto.AttachmentDecrypter, on two goroutines) into a
+// temporary file beside the destination, which is renamed into place
+// only once MAC, digest and padding verify. The ciphertext also goes to a
+// part file, so an interrupted download resumes after the part file's
+// length on the next call; only ciphertext is left behind. A tampered,
+// truncated or wrongly keyed file is refused with ErrAttachmentCorrupt;
+// its part file and the unverified temporary file are deleted. Memory use
+// is constant in the file size.
 
 import (
 	"bytes"
@@ -382,6 +385,7 @@ func (c *Client) uploadBlob(ctx context.Context, src io.Reader, size int64, a *A
 		return err
 	}
 	if err := mc.Put(ctx, slot, enc, mediaclient.Progress(progress)); err != nil {
+		enc.Close() // stop its cipher goroutine before src is closed
 		return err
 	}
 	digest, err := enc.Digest()
@@ -672,10 +676,11 @@ func (c *Client) SaveAttachment(ctx context.Context, ref MessageRef, outPath str
 	return c.DownloadAttachment(ctx, m.Attachment, outPath, o)
 }
 
-// DownloadAttachment fetches a's blob into a part file beside the
-// destination (".NAME.<digest>.part"; an interrupted download resumes
-// from its length on the next call), checks its MAC and digest, decrypts
-// it into a temporary file and renames that to the destination. On
+// DownloadAttachment fetches a's blob and decrypts it as it arrives into
+// a temporary file beside the destination, which it renames to the
+// destination once MAC, digest and padding verify. The ciphertext is
+// also kept in a part file (".NAME.<digest>.part"); an interrupted
+// download resumes from its length on the next call. On
 // ErrAttachmentCorrupt the part file is deleted too; on other errors
 // (network, disk) it is kept for resuming. No plaintext is ever left
 // behind on failure.
@@ -705,19 +710,14 @@ func (c *Client) DownloadAttachment(ctx context.Context, a *Attachment, outPath 
 	tmpPattern := "." + base + ".hush-*.tmp"
 	removeStale(dir, tmpPattern)
 
-	if err := c.downloadPart(ctx, a, part, o.Progress); err != nil {
+	if err := c.fetchDecrypt(ctx, a, part, dir, tmpPattern, dest, o); err != nil {
 		if errors.Is(err, ErrAttachmentCorrupt) || errors.Is(err, ErrAttachmentGone) {
 			os.Remove(part)
 		}
 		return "", fmt.Errorf("save %q: %w", name, err)
 	}
-	if err := decryptPart(ctx, a, part, dir, tmpPattern, dest, o.Overwrite); err != nil {
-		if errors.Is(err, ErrAttachmentCorrupt) {
-			os.Remove(part)
-		}
-		return "", fmt.Errorf("save %q: %w", name, err)
-	}
 	os.Remove(part)
+	syncDir(dir)
 	return dest, nil
 }
 
@@ -758,45 +758,116 @@ func globEscape(p string) string {
 	return b.String()
 }
 
-// downloadPart completes the part file: it resumes after the part's
-// length and refuses an object longer or shorter than the pointer says.
-func (c *Client) downloadPart(ctx context.Context, a *Attachment, part string, progress Progress) error {
+// fetchDecrypt completes the download in one pass: the blob's bytes,
+// first those an earlier call left in the part file, then the rest as it
+// arrives (also appended to the part file, so an interrupted download
+// resumes), go through crypto.AttachmentDecrypter, which hashes them and
+// decrypts them into a temporary file. That file holds unverified
+// plaintext: it is published at dest only once MAC, digest and padding
+// verify, and removed on every failure.
+func (c *Client) fetchDecrypt(ctx context.Context, a *Attachment, part, dir, tmpPattern, dest string, o SaveOptions) (err error) {
 	want := int64(a.EncryptedSize)
-	f, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE, 0o600)
+	tmp, err := os.CreateTemp(dir, tmpPattern)
 	if err != nil {
 		return err
 	}
-	have, err := f.Seek(0, io.SeekEnd)
+	published := false
+	defer func() {
+		if !published {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	dec, err := crypto.NewAttachmentDecrypter(&plainWriter{w: tmp, left: int64(a.Size)}, want, a.Key, a.Digest)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrAttachmentCorrupt, err)
+	}
+	defer dec.Close() // stops its goroutines on every early return
+
+	pf, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("part file: %w", err)
+	}
+	defer pf.Close()
+	have, err := pf.Seek(0, io.SeekEnd)
 	if err == nil && have > want {
 		// Not this blob's prefix: start over.
-		if err = f.Truncate(0); err == nil {
-			have, err = f.Seek(0, io.SeekStart)
+		if err = pf.Truncate(0); err == nil {
+			have, err = pf.Seek(0, io.SeekStart)
 		}
 	}
 	if err != nil {
-		f.Close()
 		return fmt.Errorf("part file: %w", err)
+	}
+	if have > 0 {
+		buf := make([]byte, 256<<10)
+		if _, err := io.CopyBuffer(dec, io.NewSectionReader(pf, 0, have), buf); err != nil {
+			return fmt.Errorf("part file: %w", err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 	}
 	if have < want {
-		err = c.download(ctx, a.ObjectKey, &cappedWriter{w: f, left: want - have}, have, progress)
+		w := &cappedWriter{w: &teeWriter{part: pf, dec: dec}, left: want - have}
+		if err := c.download(ctx, a.ObjectKey, w, have, o.Progress); err != nil {
+			// Keep what arrived for the next call to resume from.
+			pf.Sync()
+			return err
+		}
 	}
-	if serr := f.Sync(); err == nil && serr != nil {
-		err = fmt.Errorf("part file: %w", serr)
+	if got := dec.Written(); got != want {
+		return fmt.Errorf("%w: the stored file has %d bytes, the message says %d", ErrAttachmentCorrupt, got, want)
 	}
-	if cerr := f.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("part file: %w", cerr)
-	}
-	if err != nil {
+	n, err := dec.Finish()
+	switch {
+	case errors.Is(err, crypto.ErrBadMAC), errors.Is(err, crypto.ErrBadDigest), errors.Is(err, crypto.ErrBadPadding),
+		errors.Is(err, crypto.ErrTruncated), errors.Is(err, crypto.ErrAttachmentKey):
+		return fmt.Errorf("%w: %w", ErrAttachmentCorrupt, err)
+	case err != nil:
 		return err
+	case n < int64(a.Size):
+		return fmt.Errorf("%w: it decrypts to %d bytes, the message says %d", ErrAttachmentCorrupt, n, a.Size)
 	}
-	st, err := os.Stat(part)
+	// Verified: publish.
+	if err = tmp.Sync(); err != nil {
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if err = tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if o.Overwrite {
+		err = os.Rename(tmp.Name(), dest)
+	} else if err = os.Link(tmp.Name(), dest); err == nil || errors.Is(err, fs.ErrExist) {
+		// A hard link never replaces an existing file.
+		if err == nil {
+			os.Remove(tmp.Name())
+		}
+	} else if _, serr := os.Lstat(dest); serr == nil {
+		err = fs.ErrExist
+	} else {
+		err = os.Rename(tmp.Name(), dest) // no hard links here
+	}
 	if err != nil {
-		return fmt.Errorf("part file: %w", err)
+		return fmt.Errorf("save to %s: %w", dest, err)
 	}
-	if st.Size() != want {
-		return fmt.Errorf("%w: the stored file has %d bytes, the message says %d", ErrAttachmentCorrupt, st.Size(), want)
-	}
+	published = true
 	return nil
+}
+
+// teeWriter appends downloaded blob bytes to the part file (ciphertext,
+// for resuming) and hands them to the decrypter.
+type teeWriter struct {
+	part *os.File
+	dec  *crypto.AttachmentDecrypter
+}
+
+func (t *teeWriter) Write(p []byte) (int, error) {
+	n, err := t.part.Write(p)
+	if err != nil {
+		return n, fmt.Errorf("part file: %w", err)
+	}
+	return t.dec.Write(p)
 }
 
 // download fetches key from offset into w, logging in again once if the
@@ -845,61 +916,6 @@ func (c *cappedWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// decryptPart verifies the complete part file and decrypts it into a
-// temporary file in dir, then moves that to dest.
-func decryptPart(ctx context.Context, a *Attachment, part, dir, tmpPattern, dest string, overwrite bool) (err error) {
-	pf, err := os.Open(part)
-	if err != nil {
-		return fmt.Errorf("part file: %w", err)
-	}
-	defer pf.Close()
-	tmp, err := os.CreateTemp(dir, tmpPattern)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	pw := &plainWriter{w: tmp, left: int64(a.Size)}
-	src := ctxReaderAt{ctx: ctx, r: pf}
-	n, err := crypto.DecryptAttachment(pw, src, int64(a.EncryptedSize), a.Key, a.Digest)
-	switch {
-	case errors.Is(err, crypto.ErrBadMAC), errors.Is(err, crypto.ErrBadDigest), errors.Is(err, crypto.ErrBadPadding),
-		errors.Is(err, crypto.ErrTruncated), errors.Is(err, crypto.ErrAttachmentKey):
-		return fmt.Errorf("%w: %w", ErrAttachmentCorrupt, err)
-	case err != nil:
-		return err
-	case n < int64(a.Size):
-		return fmt.Errorf("%w: it decrypts to %d bytes, the message says %d", ErrAttachmentCorrupt, n, a.Size)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if overwrite {
-		err = os.Rename(tmp.Name(), dest)
-	} else if err = os.Link(tmp.Name(), dest); err == nil || errors.Is(err, fs.ErrExist) {
-		// A hard link never replaces an existing file.
-		if err == nil {
-			os.Remove(tmp.Name())
-		}
-	} else if _, serr := os.Lstat(dest); serr == nil {
-		err = fs.ErrExist
-	} else {
-		err = os.Rename(tmp.Name(), dest) // no hard links here
-	}
-	if err != nil {
-		return fmt.Errorf("save to %s: %w", dest, err)
-	}
-	syncDir(dir)
-	return nil
-}
-
 func syncDir(dir string) {
 	if d, err := os.Open(dir); err == nil {
 		d.Sync()
@@ -926,19 +942,6 @@ func (p *plainWriter) Write(b []byte) (int, error) {
 		}
 	}
 	return len(b), nil
-}
-
-// ctxReaderAt stops a long verification when ctx ends.
-type ctxReaderAt struct {
-	ctx context.Context
-	r   io.ReaderAt
-}
-
-func (c ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.ReadAt(p, off)
 }
 
 // mediaToken gives mediaclient the account's token and logs in again
