@@ -5,7 +5,9 @@
 //
 // It does no cryptography and never sees plaintext: callers hand it an
 // already-encrypted blob (crypto.EncryptAttachment streams one) and get the
-// blob back to verify and decrypt (crypto.DecryptAttachment). The Bearer
+// blob back, typically straight into a crypto.AttachmentDecrypter as
+// Download's destination, so it is verified and decrypted as it arrives
+// (Download writes in order, resuming where it stopped). The Bearer
 // token goes only to the relay's JSON endpoints, never to the presigned
 // blob URLs, which may point at a third-party object store.
 //
