@@ -17,15 +17,74 @@ import (
 // remembers the identity it looked up so that the library's
 // IsTrustedIdentity-then-SaveIdentity pair costs one store read, and it
 // remembers which key was refused so the caller can report it.
+//
+// It also carries the operation's session records: one read ahead for the
+// library (Encrypt checks that a session exists, then the library loads
+// it), and the ones stored, which enter Protocol's session cache once the
+// operation has succeeded (see sessioncache.go).
 type libStore struct {
 	p *Protocol
 	s Store
 
 	seen      map[Address]IdentityRecord
 	untrusted *UntrustedIdentityError
+
+	loaded map[Address]*record.Session
+	stored map[Address]cachedSession
 }
 
 func (p *Protocol) lib() *libStore { return &libStore{p: p, s: p.store} }
+
+// atomicLib runs fn like atomic with a libStore for the operation, made
+// afresh for each run of fn (a Store may run fn again after a conflict),
+// and hands the session records the successful run stored to the cache.
+func (p *Protocol) atomicLib(ctx context.Context, what string, fn func(ctx context.Context, l *libStore) error) error {
+	var l *libStore
+	err := p.atomic(ctx, what, func(ctx context.Context) error {
+		l = p.lib()
+		return fn(ctx, l)
+	})
+	if err == nil && l != nil {
+		for addr, s := range l.stored {
+			p.sessions.put(addr, s.raw, s.rec)
+		}
+	}
+	return err
+}
+
+// session reads the session record with addr: the cached decoding when the
+// stored bytes are the ones cached, otherwise a new decoding. raw is what
+// the store returned. A missing record is an error wrapping ErrNotFound.
+func (l *libStore) session(ctx context.Context, addr Address) (raw []byte, rec *record.Session, err error) {
+	raw, err = l.s.LoadSession(ctx, addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load session with %s: %w", addr, err)
+	}
+	if rec = l.p.sessions.take(addr, raw); rec != nil {
+		return raw, rec, nil
+	}
+	if rec, err = decodeSessionRecord(raw); err != nil {
+		return nil, nil, fmt.Errorf("load session with %s: %w", addr, err)
+	}
+	return raw, rec, nil
+}
+
+// preload reads the session record with addr for the library's next
+// LoadSession of it, and reports whether there is one.
+func (l *libStore) preload(ctx context.Context, addr Address) (bool, error) {
+	_, rec, err := l.session(ctx, addr)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if l.loaded == nil {
+		l.loaded = map[Address]*record.Session{}
+	}
+	l.loaded[addr] = rec
+	return true, nil
+}
 
 func toAddress(a *protocol.SignalAddress) Address {
 	return Address{Name: a.Name(), DeviceID: a.DeviceID()}
@@ -198,32 +257,37 @@ func (l *libStore) RemoveSignedPreKey(ctx context.Context, id uint32) error {
 // --- store.Session ---
 
 // LoadSession returns a fresh record when there is none, as the library
-// expects.
+// expects. A record preloaded for addr is handed out once.
 func (l *libStore) LoadSession(ctx context.Context, sa *protocol.SignalAddress) (*record.Session, error) {
 	addr := toAddress(sa)
-	b, err := l.s.LoadSession(ctx, addr)
+	if rec, ok := l.loaded[addr]; ok {
+		delete(l.loaded, addr)
+		return rec, nil
+	}
+	_, rec, err := l.session(ctx, addr)
 	if errors.Is(err, ErrNotFound) {
 		return record.NewSession(serializer.Session, serializer.State), nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("load session with %s: %w", addr, err)
-	}
-	rec, err := decodeSessionRecord(b)
-	if err != nil {
-		return nil, fmt.Errorf("load session with %s: %w", addr, err)
-	}
-	return rec, nil
+	return rec, err
 }
 
 func (l *libStore) GetSubDeviceSessions(ctx context.Context, name string) ([]uint32, error) {
 	return l.s.SessionDeviceIDs(ctx, name)
 }
 
+// StoreSession stores rec and remembers it for the cache; the operation
+// must not change rec after storing it (every caller stores last).
 func (l *libStore) StoreSession(ctx context.Context, sa *protocol.SignalAddress, rec *record.Session) error {
 	addr := toAddress(sa)
-	if err := l.s.StoreSession(ctx, addr, rec.Serialize()); err != nil {
+	raw := rec.Serialize()
+	if err := l.s.StoreSession(ctx, addr, raw); err != nil {
 		return fmt.Errorf("store session with %s: %w", addr, err)
 	}
+	delete(l.loaded, addr)
+	if l.stored == nil {
+		l.stored = map[Address]cachedSession{}
+	}
+	l.stored[addr] = cachedSession{addr: addr, raw: raw, rec: rec}
 	return nil
 }
 
@@ -236,7 +300,11 @@ func (l *libStore) ContainsSession(ctx context.Context, sa *protocol.SignalAddre
 }
 
 func (l *libStore) DeleteSession(ctx context.Context, sa *protocol.SignalAddress) error {
-	return l.s.DeleteSession(ctx, toAddress(sa))
+	addr := toAddress(sa)
+	delete(l.loaded, addr)
+	delete(l.stored, addr)
+	l.p.sessions.drop(addr)
+	return l.s.DeleteSession(ctx, addr)
 }
 
 // DeleteAllSessions is part of the library's interface but never called by

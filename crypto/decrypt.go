@@ -33,26 +33,24 @@ import (
 //
 // Here, as in Java libsignal, every state is tried on a copy and only the
 // one that accepted the message is written back. The common case costs
-// nothing extra: the current state is tried in place on the record just
-// decoded from the stored bytes, and only if it refuses the message is the
-// record decoded again from those bytes, which the failed try did not
-// touch. The ratchet itself (chain and message key derivation, MAC, CBC)
+// nothing extra: the current state is tried in place on a record that is
+// exactly the decoding of the stored bytes — just decoded, or taken from
+// the session cache, which hands one out only for byte-identical stored
+// bytes and never to two operations (sessioncache.go) — and only if it
+// refuses the message is the record decoded again from those bytes, which
+// the failed try did not touch. The ratchet itself (chain and message key derivation, MAC, CBC)
 // stays the library's, through Cipher.DecryptWithState; this file only
 // chooses which state it runs on.
 
 // decryptSignal decrypts a SignalMessage from remote. It runs inside the
 // caller's Store.Atomic.
 func (p *Protocol) decryptSignal(ctx context.Context, l *libStore, remote Address, msg *protocol.SignalMessage) ([]byte, error) {
-	raw, err := p.store.LoadSession(ctx, remote)
+	raw, rec, err := l.session(ctx, remote)
 	if errors.Is(err, ErrNotFound) {
 		return nil, ErrNoSession
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load session with %s: %w", remote, err)
-	}
-	rec, err := decodeSessionRecord(raw)
-	if err != nil {
-		return nil, fmt.Errorf("load session with %s: %w", remote, err)
+		return nil, err
 	}
 	c := session.NewCipherFromSession(remote.signal(), l, l, l, serializer.PreKeySignalMessage, serializer.SignalMessage)
 	pt, rec, err := decryptRecord(ctx, c, rec, msg, func() (*record.Session, error) { return decodeSessionRecord(raw) })
@@ -71,17 +69,12 @@ func (p *Protocol) decryptSignal(ctx context.Context, l *libStore, remote Addres
 // decryptSignal, and the one-time prekey it used is removed. It runs
 // inside the caller's Store.Atomic.
 func (p *Protocol) decryptPreKey(ctx context.Context, l *libStore, remote Address, msg *protocol.PreKeySignalMessage) ([]byte, error) {
-	raw, err := p.store.LoadSession(ctx, remote)
-	var rec *record.Session
+	raw, rec, err := l.session(ctx, remote)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		raw, rec = nil, record.NewSession(serializer.Session, serializer.State)
 	case err != nil:
-		return nil, fmt.Errorf("load session with %s: %w", remote, err)
-	default:
-		if rec, err = decodeSessionRecord(raw); err != nil {
-			return nil, fmt.Errorf("load session with %s: %w", remote, err)
-		}
+		return nil, err
 	}
 	builder := session.NewBuilder(l, l, l, l, remote.signal(), serializer)
 	current := rec.SessionState()

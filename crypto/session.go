@@ -144,6 +144,8 @@ type Protocol struct {
 
 	seed  maphash.Seed
 	locks [64]sync.Mutex
+
+	sessions *sessionCache
 }
 
 // New returns a Protocol for the device described by cfg.
@@ -176,6 +178,7 @@ func New(cfg Config) (*Protocol, error) {
 		store:          cfg.Store,
 		log:            l,
 		seed:           maphash.MakeSeed(),
+		sessions:       newSessionCache(),
 	}, nil
 }
 
@@ -249,8 +252,7 @@ func (p *Protocol) ProcessBundle(ctx context.Context, remote Address, b Bundle) 
 		return fmt.Errorf("process bundle for %s: %w", remote, err)
 	}
 	defer p.lock(remote.String())()
-	return p.atomic(ctx, "process bundle", func(ctx context.Context) error {
-		l := p.lib()
+	return p.atomicLib(ctx, "process bundle", func(ctx context.Context, l *libStore) error {
 		builder := session.NewBuilder(l, l, l, l, remote.signal(), serializer)
 		if err := builder.ProcessBundle(ctx, b.lib()); err != nil {
 			return p.mapErr(fmt.Sprintf("process bundle for %s", remote), err, l)
@@ -275,6 +277,7 @@ func (p *Protocol) HasSession(ctx context.Context, remote Address) (bool, error)
 // recorded).
 func (p *Protocol) DeleteSession(ctx context.Context, remote Address) error {
 	defer p.lock(remote.String())()
+	p.sessions.drop(remote)
 	if err := p.store.DeleteSession(ctx, remote); err != nil {
 		return fmt.Errorf("delete session with %s: %w", remote, err)
 	}
@@ -300,9 +303,8 @@ func (p *Protocol) Encrypt(ctx context.Context, remote Address, plaintext []byte
 	}
 	defer p.lock(remote.String())()
 	var out Ciphertext
-	err := p.atomic(ctx, "encrypt", func(ctx context.Context) error {
-		l := p.lib()
-		ok, err := l.ContainsSession(ctx, remote.signal())
+	err := p.atomicLib(ctx, "encrypt", func(ctx context.Context, l *libStore) error {
+		ok, err := l.preload(ctx, remote)
 		if err != nil {
 			return fmt.Errorf("encrypt for %s: %w", remote, err)
 		}
@@ -353,8 +355,7 @@ func (p *Protocol) Decrypt(ctx context.Context, remote Address, c Ciphertext) ([
 		}
 		defer p.lock(remote.String())()
 		var pt []byte
-		err = p.atomic(ctx, what, func(ctx context.Context) error {
-			l := p.lib()
+		err = p.atomicLib(ctx, what, func(ctx context.Context, l *libStore) error {
 			var err error
 			if pt, err = p.decryptPreKey(ctx, l, remote, msg); err != nil {
 				return p.mapErr(what, err, l)
@@ -372,8 +373,7 @@ func (p *Protocol) Decrypt(ctx context.Context, remote Address, c Ciphertext) ([
 		}
 		defer p.lock(remote.String())()
 		var pt []byte
-		err = p.atomic(ctx, what, func(ctx context.Context) error {
-			l := p.lib()
+		err = p.atomicLib(ctx, what, func(ctx context.Context, l *libStore) error {
 			var err error
 			if pt, err = p.decryptSignal(ctx, l, remote, msg); err != nil {
 				return p.mapErr(what, err, l)
