@@ -78,11 +78,15 @@ func (c *Client) Send(ctx context.Context, to, text string, opts ...SendOption) 
 	if err := protocol.ValidateContent(content); err != nil {
 		return MessageID{}, fmt.Errorf("send: %w", err)
 	}
-	if err := c.checkTrust(ctx, []string{to}); err != nil {
-		return MessageID{}, err
-	}
 	conv := Direct(to)
+	var untrusted error
 	err = c.tx(ctx, func(ctx context.Context, t *txn) error {
+		// Checked in the transaction, where the read is cheap (the
+		// writer's cache is warm) and cannot miss a change committed
+		// before the message.
+		if untrusted = c.checkTrust(ctx, []string{to}); untrusted != nil {
+			return untrusted
+		}
 		if err := c.ensureDirect(ctx, t, to); err != nil {
 			return err
 		}
@@ -97,6 +101,9 @@ func (c *Client) Send(ctx context.Context, to, text string, opts ...SendOption) 
 			Body: &protocol.Content_SyncSent{SyncSent: &protocol.SyncSent{Destination: to, Content: content}}}
 		return c.enqueuePairwise(ctx, t, content, sync, []string{to}, true, m.Seq, nil)
 	})
+	if untrusted != nil {
+		return MessageID{}, untrusted
+	}
 	if err != nil {
 		return MessageID{}, fmt.Errorf("send: %w", err)
 	}

@@ -20,15 +20,56 @@ import (
 
 const (
 	crashChildEnv     = "HUSH_CRASH_CHILD_HOME"
+	crashChildModeEnv = "HUSH_CRASH_CHILD_MODE"
 	crashChildExit    = 3
 	crashChildTimeout = 4
 )
 
+// Crash points (crashChildModeEnv); the default is after the commit of a
+// received batch, before its ACK.
+const (
+	// In the middle of a batch of received envelopes, before its commit.
+	crashInReceiveBatch = "receive-batch"
+	// In the middle of a batch of outbox rows being encrypted, before its
+	// commit.
+	crashInSendBatch = "send-batch"
+	// After a batch of outbox rows committed their frames, before any is
+	// sent.
+	crashBeforeSend = "before-send"
+)
+
 func crashChild() {
 	cfg := Config{Home: os.Getenv(crashChildEnv), BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond}
-	cfg.testHookAfterCommit = func(uint64) bool {
-		os.Exit(crashChildExit) // no deferred work, no ACK, no Close
-		return true
+	crash := func() {
+		os.Exit(crashChildExit) // no deferred work, no commit, no ACK, no Close
+	}
+	switch os.Getenv(crashChildModeEnv) {
+	case crashInReceiveBatch:
+		cfg.testHookInBatch = func(_ uint64, i, n int) bool {
+			if n > 1 && i == n/2 {
+				crash()
+			}
+			return false
+		}
+	case crashInSendBatch:
+		cfg.testHookInSendBatch = func(i, n int) bool {
+			if n > 1 && i == n/2 {
+				crash()
+			}
+			return false
+		}
+	case crashBeforeSend:
+		cfg.testHookBeforeSend = func(n int) bool {
+			if n > 1 {
+				crash()
+			}
+			return false
+		}
+	default:
+		cfg.testHookAfterCommit = func(uint64) bool {
+			crash()
+			return true
+		}
 	}
 	c, err := Open(context.Background(), cfg)
 	if err != nil {
@@ -56,13 +97,7 @@ func TestCrashBetweenCommitAndAck(t *testing.T) {
 	id := alice.send("bob", "exactly once")
 	alice.waitSent(id)
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), crashChildEnv+"="+bob.home)
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != crashChildExit {
-		t.Fatalf("crash child: %v (want exit %d)\n%s", err, crashChildExit, out)
-	}
+	runCrashChild(t, bob.home, "")
 
 	bob = bob.reopen()
 	bob.waitConnected()
@@ -87,6 +122,122 @@ func TestCrashBetweenCommitAndAck(t *testing.T) {
 		t.Fatalf("bob's history shows the message %d times", seen)
 	}
 	alice.waitFor("delivered", 1, receiptFor("bob", StatusDelivered, id))
+}
+
+// runCrashChild runs a child process on the profile in home that crashes
+// at the point mode names.
+func runCrashChild(t *testing.T, home, mode string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), crashChildEnv+"="+home, crashChildModeEnv+"="+mode)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != crashChildExit {
+		t.Fatalf("crash child (%s): %v (want exit %d)\n%s", mode, err, crashChildExit, out)
+	}
+}
+
+// TestCrashInBatchedReceive: a crash in the middle of the transaction that
+// processes a batch of envelopes loses none of them and shows none twice;
+// the delivery receipts come once the batch is processed after the
+// restart.
+func TestCrashInBatchedReceive(t *testing.T) {
+	const n = 12
+	ts := startServer(t)
+	alice := newParty(t, ts, "alice")
+	bob := newParty(t, ts, "bob")
+	alice.waitConnected()
+	bob.waitConnected()
+	handshake(alice, bob)
+	bob.Close()
+
+	// Queued while bob is away: the relay hands them over together.
+	ids := make([]MessageID, n)
+	want := make([]string, n)
+	for i := range n {
+		want[i] = fmt.Sprintf("queued %02d", i)
+		ids[i] = alice.send("bob", want[i])
+	}
+	for _, id := range ids {
+		alice.waitSent(id)
+	}
+	runCrashChild(t, bob.home, crashInReceiveBatch)
+
+	bob = bob.reopen()
+	bob.waitConnected()
+	bob.waitFor("the queued messages", n, hasPrefix("alice", "queued "))
+	var got []string
+	for _, m := range bob.history(Direct("alice")) {
+		if strings.HasPrefix(m.Text, "queued ") {
+			got = append(got, m.Text)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("bob's history after the crash:\n got %q\nwant %q", got, want)
+	}
+	for _, id := range ids {
+		alice.waitFor("delivered", 1, receiptFor("bob", StatusDelivered, id))
+	}
+	bob = bob.reopen() // nothing comes again
+	bob.waitConnected()
+	if c := bob.count(hasPrefix("alice", "queued ")); c != 0 {
+		t.Fatalf("%d message events repeated after a clean restart", c)
+	}
+}
+
+// TestCrashInBatchedSend: a crash while a batch of outbox rows is being
+// encrypted (before its commit), then one after the batch committed and
+// before its frames went out: every message reaches bob exactly once, in
+// order, and alice sees each sent.
+func TestCrashInBatchedSend(t *testing.T) {
+	const n = 12
+	ts := startServer(t)
+	alice := newParty(t, ts, "alice")
+	bob := newParty(t, ts, "bob")
+	alice.waitConnected()
+	bob.waitConnected()
+	handshake(alice, bob)
+
+	// Queued offline, so the outbox holds them all when alice connects.
+	alice.Close()
+	offline := alice.cfg
+	offline.Offline = true
+	alice = openParty(t, offline, "alice")
+	ids := make([]MessageID, n)
+	want := make([]string, n)
+	for i := range n {
+		want[i] = fmt.Sprintf("outbox %02d", i)
+		ids[i] = alice.send("bob", want[i])
+	}
+	alice.Close()
+
+	runCrashChild(t, alice.home, crashInSendBatch)
+	runCrashChild(t, alice.home, crashBeforeSend)
+
+	online := offline
+	online.Offline = false
+	alice = openParty(t, online, "alice")
+	alice.waitConnected()
+	for _, id := range ids {
+		alice.waitSent(id)
+	}
+	bob.waitFor("the outbox", n, hasPrefix("alice", "outbox "))
+	var got []string
+	for _, m := range bob.history(Direct("alice")) {
+		if strings.HasPrefix(m.Text, "outbox ") {
+			got = append(got, m.Text)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("bob's history:\n got %q\nwant %q", got, want)
+	}
+	// Nothing more is on its way: a message sent now arrives after them
+	// and no copy of the earlier ones comes with it.
+	alice.send("bob", "last")
+	bob.waitFor("the last one", 1, isText("alice", "last"))
+	if c := bob.count(hasPrefix("alice", "outbox ")); c != n {
+		t.Fatalf("bob got %d message events for %d messages", c, n)
+	}
 }
 
 // TestServerRestart: the server shuts down and starts again in the

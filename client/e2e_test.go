@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -281,4 +282,66 @@ func Test1000EachWay(t *testing.T) {
 	}
 	check(bob, "alice", "a")
 	check(alice, "bob", "b")
+}
+
+// TestReceiveBatchFallback: an envelope whose processing fails makes its
+// batch fail; the batch is then processed one envelope at a time, the
+// others are stored and acknowledged, and the bad one comes again (after
+// the reconnect its failure causes) until it goes through. Nothing is lost
+// or shown twice.
+func TestReceiveBatchFallback(t *testing.T) {
+	const n = 8
+	ts := startServer(t)
+	alice := newParty(t, ts, "alice")
+	bob := newParty(t, ts, "bob")
+	alice.waitConnected()
+	bob.waitConnected()
+	handshake(alice, bob)
+	bob.Close()
+	want := make([]string, n)
+	var last MessageID
+	for i := range n {
+		want[i] = fmt.Sprintf("batch %d", i)
+		last = alice.send("bob", want[i])
+	}
+	alice.waitSent(last)
+
+	var mu sync.Mutex
+	var bad uint64
+	var failures, alone int
+	cfg := bob.cfg
+	cfg.testHookInBatch = func(serverID uint64, i, size int) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if bad == 0 && size > 1 && i == 2 {
+			bad = serverID
+		}
+		if serverID != bad || failures >= 3 {
+			return false
+		}
+		failures++
+		if size == 1 {
+			alone++
+		}
+		return true
+	}
+	reopened := openParty(t, cfg, "bob")
+	reopened.waitFor("the batch", n, hasPrefix("alice", "batch "))
+	mu.Lock()
+	if bad == 0 || alone == 0 {
+		t.Fatalf("no batch with a failing envelope was processed one by one (bad %d, alone %d)", bad, alone)
+	}
+	mu.Unlock()
+	var got []string
+	for _, m := range reopened.history(Direct("alice")) {
+		if strings.HasPrefix(m.Text, "batch ") {
+			got = append(got, m.Text)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("bob's history:\n got %q\nwant %q", got, want)
+	}
+	if c := reopened.count(hasPrefix("alice", "batch ")); c != n {
+		t.Fatalf("%d message events for %d messages", c, n)
+	}
 }

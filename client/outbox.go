@@ -134,7 +134,28 @@ func (c *Client) pump(ctx context.Context, s *session) {
 	bySeq := map[int64]bool{}
 	for {
 		if len(inflight) < c.cfg.SendWindow {
-			seqs, err := c.db.PendingOutbox(ctx, c.clock.Now(), c.cfg.SendWindow+len(inflight))
+			var items []*store.OutboxItem
+			var trust *trustCheck
+			err := c.db.Snapshot(ctx, func(ctx context.Context) error {
+				seqs, err := c.db.PendingOutbox(ctx, c.clock.Now(), c.cfg.SendWindow+len(inflight))
+				if err != nil {
+					return err
+				}
+				for _, seq := range seqs {
+					if bySeq[seq] || len(inflight)+len(items) >= c.cfg.SendWindow {
+						continue
+					}
+					it, err := c.db.OutboxItem(ctx, seq)
+					if err != nil {
+						return err
+					}
+					items = append(items, it)
+				}
+				if len(items) > 0 {
+					trust, err = c.newTrustCheck(ctx)
+				}
+				return err
+			})
 			if err != nil {
 				if ctx.Err() == nil {
 					c.log.Error("read outbox", "err", err)
@@ -142,22 +163,7 @@ func (c *Client) pump(ctx context.Context, s *session) {
 				s.fail(err)
 				return
 			}
-			var items []*store.OutboxItem
-			for _, seq := range seqs {
-				if bySeq[seq] || len(inflight)+len(items) >= c.cfg.SendWindow {
-					continue
-				}
-				it, err := c.db.OutboxItem(ctx, seq)
-				if errors.Is(err, store.ErrNotFound) {
-					continue
-				}
-				if err != nil {
-					s.fail(err)
-					return
-				}
-				items = append(items, it)
-			}
-			fls, err := c.prepareBatch(ctx, items)
+			fls, err := c.prepareBatch(ctx, items, trust)
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -266,7 +272,9 @@ func (c *Client) pump(ctx context.Context, s *session) {
 // prepare on its own, which files each row's problem with that row
 // (deferred, blocked, split, failed). Every other row goes through prepare
 // too. An error is a failure of the store.
-func (c *Client) prepareBatch(ctx context.Context, items []*store.OutboxItem) ([]*flight, error) {
+//
+// trust, when not nil, holds the pending identity changes read with items.
+func (c *Client) prepareBatch(ctx context.Context, items []*store.OutboxItem, trust *trustCheck) ([]*flight, error) {
 	type job struct {
 		i       int
 		it      *store.OutboxItem
@@ -275,7 +283,6 @@ func (c *Client) prepareBatch(ctx context.Context, items []*store.OutboxItem) ([
 	var jobs []job
 	var single []int // rows for prepare, by index
 	devices := map[string][]uint32{}
-	var trust *trustCheck
 	for i, it := range items {
 		if it.Frame != nil || it.Kind != store.OutboxPairwise {
 			single = append(single, i)

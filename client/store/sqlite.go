@@ -390,13 +390,44 @@ type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
-// rq returns the querier for reads: the transaction in ctx, or the
-// read-only pool.
+// rq returns the querier for reads: the transaction in ctx, the snapshot
+// in ctx, or the read-only pool.
 func (db *DB) rq(ctx context.Context) querier {
 	if st, ok := ctx.Value(txKey{}).(*txState); ok && st.db == db {
 		return cached{tx: st.tx, c: db.ws}
 	}
+	if sn, ok := ctx.Value(snapKey{}).(*snapshot); ok && sn.db == db {
+		return cached{tx: sn.tx, c: db.rs}
+	}
 	return cached{c: db.rs}
+}
+
+type snapKey struct{}
+
+type snapshot struct {
+	db *DB
+	tx *sql.Tx
+}
+
+// Snapshot runs fn with its reads through ctx in one read transaction on
+// the read-only pool: they see one state of the database, and pay once for
+// what every read outside a transaction pays (taking a WAL read lock, and
+// reloading the connection's page cache after a write). fn must only read.
+// Inside Atomic, fn simply runs in that transaction.
+func (db *DB) Snapshot(ctx context.Context, fn func(ctx context.Context) error) error {
+	if st, ok := ctx.Value(txKey{}).(*txState); ok && st.db == db {
+		return fn(ctx)
+	}
+	if sn, ok := ctx.Value(snapKey{}).(*snapshot); ok && sn.db == db {
+		return fn(ctx)
+	}
+	tx, err := db.r.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin read transaction: %w", err)
+	}
+	defer tx.Rollback()
+	defer db.rs.preparePending(context.WithoutCancel(ctx))
+	return fn(context.WithValue(ctx, snapKey{}, &snapshot{db: db, tx: tx}))
 }
 
 // wq returns the querier for a single-statement write: the transaction in

@@ -741,3 +741,47 @@ func TestNestedAtomic(t *testing.T) {
 		t.Fatalf("failed statement: err %v, runs %d, prekeys %v %v", err, runs, has(8), has(9))
 	}
 }
+
+// TestSnapshot: reads in a Snapshot see one state of the database, even
+// while a write commits; inside Atomic they see the transaction's writes.
+func TestSnapshot(t *testing.T) {
+	ctx := context.Background()
+	db := openTest(t)
+	if err := db.StorePreKey(ctx, 1, []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	err := db.Snapshot(ctx, func(ctx context.Context) error {
+		if _, err := db.LoadPreKey(ctx, 1); err != nil {
+			return err
+		}
+		// Committed by the writer after the snapshot's first read.
+		if err := db.StorePreKey(context.Background(), 2, []byte("two")); err != nil {
+			return err
+		}
+		if _, err := db.LoadPreKey(ctx, 2); !errors.Is(err, ErrNotFound) {
+			t.Errorf("snapshot saw a later commit: %v", err)
+		}
+		if n, err := db.PreKeyCount(ctx); err != nil || n != 1 {
+			t.Errorf("count in snapshot = %d, %v; want 1", n, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.LoadPreKey(ctx, 2); err != nil {
+		t.Fatalf("after the snapshot: %v", err)
+	}
+	err = db.Atomic(ctx, func(ctx context.Context) error {
+		if err := db.StorePreKey(ctx, 3, []byte("three")); err != nil {
+			return err
+		}
+		return db.Snapshot(ctx, func(ctx context.Context) error {
+			_, err := db.LoadPreKey(ctx, 3)
+			return err
+		})
+	})
+	if err != nil {
+		t.Fatalf("snapshot inside Atomic: %v", err)
+	}
+}
