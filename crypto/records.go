@@ -19,7 +19,10 @@ var ErrCorruptRecord = errors.New("corrupt stored record")
 // recovered panic: every operation runs inside Store.Atomic and fails.
 func catch(what string, err *error) {
 	if r := recover(); r != nil {
-		*err = fmt.Errorf("%s: %w (library panic: %v)", what, ErrInvalidMessage, r)
+		*err = fmt.Errorf("%w (library panic: %v)", ErrInvalidMessage, r)
+		if what != "" {
+			*err = fmt.Errorf("%s: %w", what, *err)
+		}
 	}
 }
 

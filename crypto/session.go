@@ -198,6 +198,19 @@ func (p *Protocol) lock(key string) func() {
 	return m.Unlock
 }
 
+// lockAddress is the lock of one remote device; unlike lock it needs no
+// string built per message.
+func (p *Protocol) lockAddress(a Address) func() {
+	var h maphash.Hash
+	h.SetSeed(p.seed)
+	h.WriteString(a.Name)
+	h.WriteByte(0) // a collision only makes two devices share a mutex
+	h.WriteByte(byte(a.DeviceID))
+	m := &p.locks[h.Sum64()%uint64(len(p.locks))]
+	m.Lock()
+	return m.Unlock
+}
+
 // atomic runs fn in one store transaction and converts a library panic into
 // an error (the transaction is then rolled back).
 func (p *Protocol) atomic(ctx context.Context, what string, fn func(ctx context.Context) error) error {
@@ -251,7 +264,7 @@ func (p *Protocol) ProcessBundle(ctx context.Context, remote Address, b Bundle) 
 	if err := b.Validate(); err != nil {
 		return fmt.Errorf("process bundle for %s: %w", remote, err)
 	}
-	defer p.lock(remote.String())()
+	defer p.lockAddress(remote)()
 	return p.atomicLib(ctx, "process bundle", func(ctx context.Context, l *libStore) error {
 		builder := session.NewBuilder(l, l, l, l, remote.signal(), serializer)
 		if err := builder.ProcessBundle(ctx, b.lib()); err != nil {
@@ -276,7 +289,7 @@ func (p *Protocol) HasSession(ctx context.Context, remote Address) (bool, error)
 // DeleteSession forgets the session with remote (its identity stays
 // recorded).
 func (p *Protocol) DeleteSession(ctx context.Context, remote Address) error {
-	defer p.lock(remote.String())()
+	defer p.lockAddress(remote)()
 	p.sessions.drop(remote)
 	if err := p.store.DeleteSession(ctx, remote); err != nil {
 		return fmt.Errorf("delete session with %s: %w", remote, err)
@@ -301,7 +314,7 @@ func (p *Protocol) Encrypt(ctx context.Context, remote Address, plaintext []byte
 	if len(plaintext) > MaxMessageSize {
 		return Ciphertext{}, fmt.Errorf("encrypt for %s: %w: %d bytes (limit %d)", remote, ErrMessageTooLarge, len(plaintext), MaxMessageSize)
 	}
-	defer p.lock(remote.String())()
+	defer p.lockAddress(remote)()
 	var out Ciphertext
 	err := p.atomicLib(ctx, "encrypt", func(ctx context.Context, l *libStore) error {
 		ok, err := l.preload(ctx, remote)
@@ -346,83 +359,88 @@ func (p *Protocol) Decrypt(ctx context.Context, remote Address, c Ciphertext) ([
 	if err := remote.Validate(); err != nil {
 		return nil, fmt.Errorf("decrypt: %w", err)
 	}
-	what := fmt.Sprintf("decrypt %s message from %s", c.Type, remote)
+	// The context of an error ("decrypt signal message from bob.1") is
+	// only formatted when there is an error: this is the hot path.
+	var (
+		pt  []byte
+		err error
+	)
 	switch c.Type {
 	case MessageTypePreKey:
-		msg, err := parsePreKeySignalMessage(c.Body)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
+		var msg *protocol.PreKeySignalMessage
+		if msg, err = parsePreKeySignalMessage(c.Body); err != nil {
+			break
 		}
-		defer p.lock(remote.String())()
-		var pt []byte
-		err = p.atomicLib(ctx, what, func(ctx context.Context, l *libStore) error {
+		defer p.lockAddress(remote)()
+		err = p.atomicLib(ctx, "", func(ctx context.Context, l *libStore) error {
 			var err error
 			if pt, err = p.decryptPreKey(ctx, l, remote, msg); err != nil {
-				return p.mapErr(what, err, l)
+				return p.classify(err, l)
 			}
 			return nil
 		})
-		if err != nil {
-			return nil, err
-		}
-		return pt, nil
 	case MessageTypeSignal:
-		msg, err := parseSignalMessage(c.Body)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
+		var msg *protocol.SignalMessage
+		if msg, err = parseSignalMessage(c.Body); err != nil {
+			break
 		}
-		defer p.lock(remote.String())()
-		var pt []byte
-		err = p.atomicLib(ctx, what, func(ctx context.Context, l *libStore) error {
+		defer p.lockAddress(remote)()
+		err = p.atomicLib(ctx, "", func(ctx context.Context, l *libStore) error {
 			var err error
 			if pt, err = p.decryptSignal(ctx, l, remote, msg); err != nil {
-				return p.mapErr(what, err, l)
+				return p.classify(err, l)
 			}
 			return nil
 		})
-		if err != nil {
-			return nil, err
-		}
-		return pt, nil
 	default:
-		return nil, fmt.Errorf("%s: %w: not a pairwise message type", what, ErrInvalidMessage)
+		err = fmt.Errorf("%w: not a pairwise message type", ErrInvalidMessage)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("decrypt %s message from %s: %w", c.Type, remote, err)
+	}
+	return pt, nil
 }
 
-// mapErr turns a library error into one of this package's typed errors.
+// mapErr turns a library error into one of this package's typed errors,
+// with what as context.
 func (p *Protocol) mapErr(what string, err error, l *libStore) error {
+	return fmt.Errorf("%s: %w", what, p.classify(err, l))
+}
+
+// classify turns a library error into one of this package's typed errors.
+func (p *Protocol) classify(err error, l *libStore) error {
 	var uie *UntrustedIdentityError
 	switch {
 	case errors.As(err, &uie):
-		return fmt.Errorf("%s: %w", what, uie)
+		return uie
 	case errors.Is(err, signalerror.ErrUntrustedIdentity):
 		if l.untrusted != nil {
-			return fmt.Errorf("%s: %w", what, l.untrusted)
+			return l.untrusted
 		}
-		return fmt.Errorf("%s: %w", what, ErrUntrustedIdentity)
+		return ErrUntrustedIdentity
 	case errors.Is(err, signalerror.ErrOldCounter):
-		return fmt.Errorf("%s: %w", what, ErrDuplicateMessage)
+		return ErrDuplicateMessage
 	case errors.Is(err, signalerror.ErrNoSessionForUser):
-		return fmt.Errorf("%s: %w", what, ErrNoSession)
+		return ErrNoSession
 	case errors.Is(err, signalerror.ErrInvalidSignature):
-		return fmt.Errorf("%s: %w", what, ErrBadSignedPreKeySignature)
+		return ErrBadSignedPreKeySignature
 	case errors.Is(err, signalerror.ErrNoOneTimeKeyFound), errors.Is(err, signalerror.ErrNoSignedPreKey):
-		return fmt.Errorf("%s: %w: %w", what, ErrUnknownPreKey, err)
+		return fmt.Errorf("%w: %w", ErrUnknownPreKey, err)
 	case errors.Is(err, signalerror.ErrTooFarIntoFuture):
-		return fmt.Errorf("%s: %w", what, ErrTooFarInFuture)
+		return ErrTooFarInFuture
 	case errors.Is(err, signalerror.ErrNoSenderKeyForUser),
 		errors.Is(err, signalerror.ErrNoSenderKeyStateForID),
 		errors.Is(err, signalerror.ErrNoSenderKeyStatesInRecord):
-		return fmt.Errorf("%s: %w: %w", what, ErrNoSenderKey, err)
+		return fmt.Errorf("%w: %w", ErrNoSenderKey, err)
 	case errors.Is(err, ErrCorruptRecord), errors.Is(err, ErrNotFound), errors.Is(err, ErrInvalidMessage):
-		return fmt.Errorf("%s: %w", what, err)
+		return err
 	case errors.Is(err, signalerror.ErrBadMAC), errors.Is(err, signalerror.ErrNoValidSessions),
 		errors.Is(err, signalerror.ErrSenderKeyStateVerificationFailed),
 		errors.Is(err, signalerror.ErrWrongMessageVersion), errors.Is(err, signalerror.ErrUninitializedSession):
-		return fmt.Errorf("%s: %w: %w", what, ErrInvalidMessage, err)
+		return fmt.Errorf("%w: %w", ErrInvalidMessage, err)
 	}
-	// Store errors and anything unexpected pass through with context.
-	return fmt.Errorf("%s: %w", what, err)
+	// Store errors and anything unexpected pass through.
+	return err
 }
 
 // Identity returns what this device has recorded about remote's identity,
@@ -445,7 +463,7 @@ func (p *Protocol) TrustIdentity(ctx context.Context, remote Address, key []byte
 	if _, err := ParsePublicKey(key); err != nil {
 		return fmt.Errorf("trust identity of %s: %w", remote, err)
 	}
-	defer p.lock(remote.String())()
+	defer p.lockAddress(remote)()
 	return p.atomic(ctx, "trust identity", func(ctx context.Context) error {
 		old, err := p.store.LoadIdentity(ctx, remote)
 		if err != nil && !errors.Is(err, ErrNotFound) {
