@@ -4,10 +4,9 @@ package kdf
 
 import (
 	"crypto/sha256"
-	"io"
+	"errors"
 
 	"filippo.io/edwards25519/field"
-	"golang.org/x/crypto/hkdf"
 )
 
 // HKDF is a hashed key derivation function type that can be used to derive keys.
@@ -15,18 +14,16 @@ type HKDF func(inputKeyMaterial, salt, info []byte, outputLength int) ([]byte, e
 
 // DeriveSecrets derives the requested number of bytes using HKDF with the given
 // input, salt, and info.
+//
+// hush patch: HKDF on HMACSHA256 (HMAC.go) instead of
+// golang.org/x/crypto/hkdf, which allocates two crypto/hmac instances per
+// call; this runs several times per message. Same output.
 func DeriveSecrets(inputKeyMaterial, salt, info []byte, outputLength int) ([]byte, error) {
-	kdf := hkdf.New(sha256.New, inputKeyMaterial, salt, info)
-
+	if outputLength < 0 || outputLength > 255*sha256.Size {
+		return nil, errors.New("hkdf: entropy limit reached")
+	}
 	secrets := make([]byte, outputLength)
-	length, err := io.ReadFull(kdf, secrets)
-	if err != nil {
-		return nil, err
-	}
-	if length != outputLength {
-		return nil, err
-	}
-
+	hkdfSHA256(secrets, inputKeyMaterial, salt, info)
 	return secrets, nil
 }
 

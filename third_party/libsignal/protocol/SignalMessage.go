@@ -2,11 +2,11 @@ package protocol
 
 import (
 	"crypto/hmac"
-	"crypto/sha256"
 	"fmt"
 	"strconv"
 
 	"go.mau.fi/libsignal/ecc"
+	"go.mau.fi/libsignal/kdf"
 	"go.mau.fi/libsignal/keys/identity"
 	"go.mau.fi/libsignal/logger"
 	"go.mau.fi/libsignal/signalerror"
@@ -207,16 +207,15 @@ func (s *SignalMessage) Type() uint32 {
 func getMac(messageVersion int, senderIdentityKey, receiverIdentityKey *identity.Key,
 	macKey, serialized []byte) ([]byte, error) {
 
-	mac := hmac.New(sha256.New, macKey[:])
-
+	// hush patch: kdf.HMACSHA256 instead of crypto/hmac (no allocations
+	// for a short message).
+	var fullMac [32]byte
 	if messageVersion >= 3 {
-		mac.Write(senderIdentityKey.PublicKey().Serialize())
-		mac.Write(receiverIdentityKey.PublicKey().Serialize())
+		fullMac = kdf.HMACSHA256(macKey, senderIdentityKey.PublicKey().Serialize(),
+			receiverIdentityKey.PublicKey().Serialize(), serialized)
+	} else {
+		fullMac = kdf.HMACSHA256(macKey, serialized)
 	}
 
-	mac.Write(serialized)
-
-	fullMac := mac.Sum(nil)
-
-	return bytehelper.Trim(fullMac, MacLength), nil
+	return bytehelper.Trim(fullMac[:], MacLength), nil
 }

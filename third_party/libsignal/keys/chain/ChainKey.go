@@ -2,9 +2,6 @@
 package chain
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
-
 	"go.mau.fi/libsignal/kdf"
 	"go.mau.fi/libsignal/keys/message"
 )
@@ -104,11 +101,12 @@ func (c *Key) MessageKeys() *message.Keys {
 }
 
 // BaseMaterial uses hmac to derive the base material used in the key derivation function for a new key.
+//
+// hush patch: kdf.HMACSHA256 instead of crypto/hmac (no allocations but
+// the result).
 func (c *Key) BaseMaterial(seed []byte) []byte {
-	mac := hmac.New(sha256.New, c.key[:])
-	mac.Write(seed)
-
-	return mac.Sum(nil)
+	mac := kdf.HMACSHA256(c.key, seed)
+	return mac[:]
 }
 
 // NewKeyMaterial takes an 80-byte slice derived from a key derivation function and splits
