@@ -29,7 +29,7 @@ type conn struct {
 	session uint64
 	expiry  time.Time
 
-	sendSlots chan struct{} // bounds this connection's Sends in flight
+	sendSlots chan struct{} // bounds this connection's Sends in flight; made by the reader at its first Send
 	closing   atomic.Bool   // a close was requested: read no more frames
 
 	// Reader-only state.
@@ -76,13 +76,12 @@ type conn struct {
 
 func newConn(r *Relay, ws *websocket.Conn, dev queue.Device, expiry time.Time) *conn {
 	c := &conn{
-		r:         r,
-		ws:        ws,
-		dev:       dev,
-		expiry:    expiry,
-		sendSlots: make(chan struct{}, r.cfg.MaxInflightSends),
-		draining:  true,
-		nextPing:  r.cfg.Now().Add(r.cfg.PingInterval),
+		r:        r,
+		ws:       ws,
+		dev:      dev,
+		expiry:   expiry,
+		draining: true,
+		nextPing: r.cfg.Now().Add(r.cfg.PingInterval),
 	}
 	c.bucket.init(r.cfg.FrameRate, r.cfg.FrameBurst)
 	return c

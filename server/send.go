@@ -35,6 +35,11 @@ func (c *conn) startSend(s *protocol.Send) {
 	}
 	c.r.sends.Add(1)
 	c.r.sendMu.RUnlock()
+	if c.sendSlots == nil {
+		// Made here, not at connect: a connection that never sends (most
+		// idle ones) holds no channel.
+		c.sendSlots = make(chan struct{}, c.r.cfg.MaxInflightSends)
+	}
 	c.sendSlots <- struct{}{}
 	start := time.Now()
 	var ps *pendingSend
