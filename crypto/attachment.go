@@ -52,7 +52,7 @@ const (
 	attachmentChunk = 256 << 10
 	// pipeChunks bounds the chunks in flight in a pipeline (memory:
 	// pipeChunks × attachmentChunk per transfer).
-	pipeChunks = 4
+	pipeChunks = 3
 	// minAttachmentBlob is IV + one padded block + MAC (an empty file).
 	minAttachmentBlob = attachmentIVSize + aes.BlockSize + attachmentMACSize
 )

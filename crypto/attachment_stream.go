@@ -37,18 +37,31 @@ type chunkPipe struct {
 }
 
 func newChunkPipe(stages ...func(*attChunk)) *chunkPipe {
+	return newChunkPipeEnds(stages, nil)
+}
+
+// newChunkPipeEnds is newChunkPipe where stage i calls ends[i] (if not
+// nil) once it has seen its last chunk.
+func newChunkPipeEnds(stages []func(*attChunk), ends []func()) *chunkPipe {
 	p := &chunkPipe{free: make(chan *attChunk, pipeChunks)}
-	for _, st := range stages {
+	for i, st := range stages {
 		q := make(chan *attChunk, pipeChunks)
 		p.queues = append(p.queues, q)
+		var end func()
+		if i < len(ends) {
+			end = ends[i]
+		}
 		p.wg.Add(1)
-		go p.stage(q, st)
+		go p.stage(q, st, end)
 	}
 	return p
 }
 
-func (p *chunkPipe) stage(q chan *attChunk, fn func(*attChunk)) {
+func (p *chunkPipe) stage(q chan *attChunk, fn func(*attChunk), end func()) {
 	defer p.wg.Done()
+	if end != nil {
+		defer end()
+	}
 	for c := range q {
 		if !p.aborted.Load() {
 			fn(c)
@@ -154,9 +167,11 @@ func (h *blobHash) write(c *attChunk) {
 	}
 }
 
-// decrypter is AttachmentDecrypter's state. Its stages (hashing, and
-// decrypting into dst) run on the pipe's goroutines; only the goroutine
-// that feeds it touches the fields above the line.
+// decrypter is AttachmentDecrypter's state. Three goroutines do the
+// work: the pipe's two stages (hashing; decrypting) and a writer of the
+// decrypted chunks to dst, which for a file costs as much as the
+// decryption itself. Only the goroutine that feeds the decrypter touches
+// the fields above the line.
 type decrypter struct {
 	size   int64
 	digest []byte // expected digest; nil: not checked (DecryptAttachment's pass 2)
@@ -171,33 +186,63 @@ type decrypter struct {
 	dst     io.Writer
 	block   cipher.Block
 	cbc     cipher.BlockMode
-	out     []byte
 	last    [aes.BlockSize]byte // the last plaintext block, held back: it has the padding
+	outFree chan []byte         // plaintext buffers, at most outBuffers
+	outMade int
+	outQ    chan []byte // plaintext for the writer
+	wrote   chan struct{}
 	written int64
 	werr    error
 	failed  atomic.Bool // werr is set
 }
 
+// outBuffers is the number of plaintext chunks between the decryption
+// and the writer.
+const outBuffers = 2
+
 func newDecrypter(dst io.Writer, size int64, block cipher.Block, macKey, digest []byte) *decrypter {
 	d := &decrypter{
-		size:   size,
-		digest: digest,
-		hash:   blobHash{macEnd: size - attachmentMACSize, mac: hmac.New(sha256.New, macKey)},
-		dst:    dst,
-		block:  block,
-		out:    make([]byte, attachmentChunk),
+		size:    size,
+		digest:  digest,
+		hash:    blobHash{macEnd: size - attachmentMACSize, mac: hmac.New(sha256.New, macKey)},
+		dst:     dst,
+		block:   block,
+		outFree: make(chan []byte, outBuffers),
+		outQ:    make(chan []byte, outBuffers),
+		wrote:   make(chan struct{}),
 	}
 	if digest != nil {
 		d.hash.sum = sha256.New()
 	}
-	d.pipe = newChunkPipe(d.hash.write, d.decrypt)
+	d.pipe = newChunkPipeEnds([]func(*attChunk){d.hash.write, d.decrypt}, []func(){nil, func() { close(d.outQ) }})
+	go d.writeOut()
 	return d
+}
+
+// writeOut is the writer: decrypted chunks to dst, in order, until the
+// first error.
+func (d *decrypter) writeOut() {
+	defer close(d.wrote)
+	for b := range d.outQ {
+		if !d.failed.Load() && !d.pipe.aborted.Load() {
+			n, err := d.dst.Write(b)
+			d.written += int64(n)
+			if err == nil && n < len(b) {
+				err = io.ErrShortWrite
+			}
+			if err != nil {
+				d.werr = fmt.Errorf("decrypt attachment: write plaintext: %w", err)
+				d.failed.Store(true)
+			}
+		}
+		d.outFree <- b[:0] // never blocks: at most outBuffers exist
+	}
 }
 
 // decrypt is the decryption stage: CBC over the ciphertext body, written
 // to dst except for the last block.
 func (d *decrypter) decrypt(c *attChunk) {
-	if d.werr != nil {
+	if d.failed.Load() {
 		return
 	}
 	lo, hi := c.off, c.off+int64(len(c.buf))
@@ -213,24 +258,24 @@ func (d *decrypter) decrypt(c *attChunk) {
 	}
 	// Chunks start at multiples of attachmentChunk and the body is whole
 	// blocks from the IV on, so [from, to) is whole blocks.
-	out := d.out[:to-from]
+	var out []byte
+	select {
+	case out = <-d.outFree:
+	default:
+		if d.outMade < outBuffers {
+			d.outMade++
+			out = make([]byte, 0, attachmentChunk)
+		} else {
+			out = <-d.outFree
+		}
+	}
+	out = out[:to-from]
 	d.cbc.CryptBlocks(out, c.buf[from-lo:to-lo])
 	if to == bodyEnd {
 		copy(d.last[:], out[len(out)-aes.BlockSize:])
 		out = out[:len(out)-aes.BlockSize]
 	}
-	if len(out) == 0 {
-		return
-	}
-	n, err := d.dst.Write(out)
-	d.written += int64(n)
-	if err == nil && n < len(out) {
-		err = io.ErrShortWrite
-	}
-	if err != nil {
-		d.werr = fmt.Errorf("decrypt attachment: write plaintext: %w", err)
-		d.failed.Store(true)
-	}
+	d.outQ <- out // the writer recycles it, even if empty
 }
 
 func (d *decrypter) write(b []byte) (int, error) {
@@ -283,14 +328,15 @@ func (d *decrypter) finish() (int64, error) {
 	}
 	d.done = true
 	if d.err != nil {
-		d.pipe.abort()
+		d.stop()
 		return 0, d.err
 	}
 	if d.n != d.size {
-		d.pipe.abort()
+		d.stop()
 		return 0, fmt.Errorf("decrypt attachment: %w: blob ends at %d, short of %d", ErrTruncated, d.n, d.size)
 	}
 	d.pipe.finish()
+	<-d.wrote
 	if d.werr != nil {
 		return 0, d.werr
 	}
@@ -317,10 +363,16 @@ func (d *decrypter) finish() (int64, error) {
 	return d.written, nil
 }
 
+// stop abandons the work in flight and waits for every goroutine.
+func (d *decrypter) stop() {
+	d.pipe.abort()
+	<-d.wrote
+}
+
 func (d *decrypter) abort() {
 	if !d.done {
 		d.done = true
-		d.pipe.abort()
+		d.stop()
 	}
 }
 

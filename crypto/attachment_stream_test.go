@@ -326,7 +326,7 @@ func (r *patternReader) Read(p []byte) (int, error) {
 // blob) straight into the one-pass decrypter.
 func TestAttachment100MiBFlatMemory(t *testing.T) {
 	const size = 100 << 20
-	const bound = 3 << 20 // pipeChunks chunks and the buffers around them, with slack
+	const bound = 3 << 20 // both pipelines' chunks (2.25 MiB), the copy buffer, and slack
 	key := testKey(t)
 	iv := bytes.Repeat([]byte{0x33}, attachmentIVSize)
 
