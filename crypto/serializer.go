@@ -17,7 +17,8 @@ import (
 //
 // Wire messages (SignalMessage, PreKeySignalMessage, SenderKeyMessage,
 // SenderKeyDistributionMessage) use the library's protobuf encoding, the
-// Signal wire format. Session and sender-key records — read and written on
+// Signal wire format; SignalMessage, on every message of an established
+// session, through hush's byte-identical encoder (wire.go). Session and sender-key records — read and written on
 // every message — use hush's binary record format below. Prekey and signed
 // prekey records, touched once per session, keep the library's JSON.
 //
@@ -26,6 +27,7 @@ var serializer = newSerializer()
 
 func newSerializer() *serialize.Serializer {
 	s := serialize.NewProtoBufSerializer()
+	s.SignalMessage = signalMessageSerializer{}
 	s.Session = sessionSerializer{}
 	s.State = stateSerializer{}
 	s.SenderKeyRecord = senderKeySerializer{}
@@ -427,6 +429,9 @@ func fields(b []byte, what string, fn func(num protowire.Number, typ protowire.T
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return errRecord("%s: bad field tag: %v", what, protowire.ParseError(n))
+		}
+		if !num.IsValid() {
+			return errRecord("%s: bad field number %d", what, num)
 		}
 		b = b[n:]
 		var (
