@@ -15,7 +15,8 @@
 // before it returns, and a background worker encrypts it for every device
 // of the recipient (and for this account's other devices, as a SyncSent,
 // so every device shows both sides), stores the encrypted Send frame in the
-// same transaction as the ratchet step, and sends it. A retry — after a
+// same transaction as the ratchet step (the rows due together share one
+// transaction), and sends it. A retry — after a
 // reconnect, a crash, a relay restart — resends the same frame with the
 // same client id until the relay's SendAck, and the relay deduplicates by
 // that id, so a message is never stored twice. A refused send (a device
@@ -23,9 +24,11 @@
 // devices under a fresh id, since the relay stored nothing.
 //
 // Receiving is commit-then-ACK: an envelope's decryption (with its
-// session update), the message it carries, the event announcing it and
-// the record that its server id was processed commit in one transaction,
-// and only then is the envelope acknowledged. A crash in between makes the
+// session update), the message it carries, the event announcing it, the
+// delivery receipt it owes and the record that its server id was
+// processed commit in one transaction — one per batch of envelopes that
+// arrived together, with one receipt per sender — and only then is the
+// envelope acknowledged. A crash in between makes the
 // relay deliver it again, and the processed-id table turns the redelivery
 // into a bare ACK: nothing lost, nothing shown twice. A message that cannot
 // be decrypted is stored as a visible placeholder and answered with a

@@ -15,9 +15,11 @@
 //
 // Transactions: Atomic opens a write transaction (BEGIN IMMEDIATE on the
 // single writer connection) and carries it in the context it passes to fn;
-// every method called with that context joins it. Methods called outside
-// Atomic run on their own: writes as one statement or one short
-// transaction, reads on a separate read-only pool that WAL never blocks.
+// every method called with that context joins it, and a nested Atomic
+// joins it too (without a savepoint unless one is needed: see Atomic).
+// Methods called outside Atomic run on their own: writes as one statement
+// or one short transaction, reads on a separate read-only pool that WAL
+// never blocks; Snapshot groups several reads into one read transaction.
 // Because there is one writer connection, a caller that holds an in-process
 // lock must not wait for Atomic while another goroutine inside Atomic waits
 // for that lock; the client avoids this by entering Atomic before calling
