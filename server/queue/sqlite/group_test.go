@@ -188,3 +188,40 @@ func TestModerateLoadSharesFsyncs(t *testing.T) {
 	}
 	t.Logf("400 put+ack cycles: %d commits, %d without fsync, %d batches held", st.Commits, st.LazyCommits, st.Held)
 }
+
+// An ack that finds no Put to commit with waits (up to maxAckHold) for
+// one, and commits with it: one fsync'd commit for both instead of two.
+// Scheduling on a loaded machine can delay the Put past the hold, so the
+// test asks for it to happen in at least one of several tries.
+func TestAckRidesWithTheNextPut(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "queue.db"), Options{})
+	ctx := context.Background()
+	id := uint64(100)
+	for try := 0; try < 20; try++ {
+		id += 2
+		if _, err := s.Put(ctx, testPut(id, []byte("m"), bob)); err != nil {
+			t.Fatal(err)
+		}
+		before := s.Stats()
+		acked := make(chan error, 1)
+		go func() {
+			n, err := s.Ack(ctx, bob, []uint64{id})
+			if err == nil && n != 1 {
+				err = fmt.Errorf("ack deleted %d", n)
+			}
+			acked <- err
+		}()
+		time.Sleep(maxAckHold / 5)
+		if _, err := s.Put(ctx, testPut(id+1, []byte("m"), queue.Device{Account: "carol", ID: 1})); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-acked; err != nil {
+			t.Fatal(err)
+		}
+		st := s.Stats()
+		if st.Commits-before.Commits == 1 && st.LazyCommits == before.LazyCommits {
+			return // the ack and the Put shared one fsync'd commit
+		}
+	}
+	t.Fatal("in 20 tries an ack never committed with the Put that followed it within its hold")
+}

@@ -24,7 +24,9 @@
 // the fewer fsyncs per message. When ops arrive faster than one per
 // ~0.3 ms but the batch is still small, the writer holds it for at most
 // 0.3 ms so that the next few share its commit; a lone sender at low load
-// is never held and pays exactly one fsync.
+// is never held and pays exactly one fsync. Acks are not urgent (the relay
+// does not wait for them): a batch of only acks waits up to 5 ms for a Put
+// to ride with, or for more acks.
 //
 // An op that is refused (a recipient queue at its cap, a duplicate) is
 // decided before it writes anything. An op that fails half-way on its own (a
@@ -350,7 +352,8 @@ func (s *Store) Path() string { return s.path }
 // A batch that is small while ops keep arriving is held back for at most
 // maxHold (see hold): at moderate rates the ops of a few hundred
 // microseconds then share one transaction, one set of WAL pages and one
-// fsync, instead of paying for them one or two at a time.
+// fsync, instead of paying for them one or two at a time. A batch without
+// a Put waits up to maxAckHold, until the next Put arrives to commit with.
 func (s *Store) run() {
 	defer close(s.writerDone)
 	batch := make([]*op, 0, maxBatchOps)
@@ -379,7 +382,12 @@ func (s *Store) run() {
 				break fill
 			}
 		}
-		if wait := g.hold(start, len(batch), cost); wait > 0 && !closed {
+		hasPut := durable(batch)
+		wait := maxAckHold // acks wait for company: a Put to ride with, or more acks
+		if hasPut {
+			wait = g.hold(start, len(batch), cost)
+		}
+		if wait > 0 && !closed {
 			s.stats.held.Add(1)
 			if timer == nil {
 				timer = time.NewTimer(wait)
@@ -387,7 +395,7 @@ func (s *Store) run() {
 				timer.Reset(wait)
 			}
 		hold:
-			for len(batch) < holdTarget && cost < maxBatchCost {
+			for len(batch) < maxBatchOps && cost < maxBatchCost && (!hasPut || len(batch) < holdTarget) {
 				select {
 				case o, ok := <-s.reqs:
 					if !ok {
@@ -395,6 +403,9 @@ func (s *Store) run() {
 					}
 					batch = append(batch, o)
 					cost += o.cost()
+					if !hasPut && o.kind == opPut {
+						break hold // the held acks ride with this Put's commit
+					}
 				case <-timer.C:
 					break hold
 				}
@@ -422,6 +433,13 @@ const (
 	// holdTarget: a batch this large (in ops) is not held back; its fsync
 	// is already shared well.
 	holdTarget = 32
+	// maxAckHold bounds how long a batch without a Put (acks, sweeps)
+	// waits, for a Put to commit with or for more of its kind: nobody
+	// waits for an ack's commit but the acking connection's ack worker,
+	// and a commit without fsync is cheap in time but not in CPU and WAL
+	// pages — a burst of acks (a group message's 1,023 members) applied a
+	// few at a time would write many times the pages.
+	maxAckHold = 5 * time.Millisecond
 )
 
 // groupClock estimates how fast ops arrive, for hold.
