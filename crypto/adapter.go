@@ -26,11 +26,49 @@ type libStore struct {
 	p *Protocol
 	s Store
 
-	seen      map[Address]IdentityRecord
+	seen      addrMap[IdentityRecord]
 	untrusted *UntrustedIdentityError
 
-	loaded map[Address]*record.Session
-	stored map[Address]cachedSession
+	loaded addrMap[*record.Session]
+	stored addrMap[cachedSession]
+}
+
+// addrMap is a map keyed by Address for the one or two devices an
+// operation touches: a slice, so that an operation allocates no map.
+type addrMap[V any] []addrEntry[V]
+
+type addrEntry[V any] struct {
+	addr Address
+	v    V
+}
+
+func (m addrMap[V]) get(a Address) (V, bool) {
+	for _, e := range m {
+		if e.addr == a {
+			return e.v, true
+		}
+	}
+	var zero V
+	return zero, false
+}
+
+func (m *addrMap[V]) set(a Address, v V) {
+	for i := range *m {
+		if (*m)[i].addr == a {
+			(*m)[i].v = v
+			return
+		}
+	}
+	*m = append(*m, addrEntry[V]{a, v})
+}
+
+func (m *addrMap[V]) del(a Address) {
+	for i := range *m {
+		if (*m)[i].addr == a {
+			*m = append((*m)[:i], (*m)[i+1:]...)
+			return
+		}
+	}
 }
 
 func (p *Protocol) lib() *libStore { return &libStore{p: p, s: p.store} }
@@ -45,8 +83,8 @@ func (p *Protocol) atomicLib(ctx context.Context, what string, fn func(ctx conte
 		return fn(ctx, l)
 	})
 	if err == nil && l != nil {
-		for addr, s := range l.stored {
-			p.sessions.put(addr, s.raw, s.rec)
+		for _, s := range l.stored {
+			p.sessions.put(s.addr, s.v.raw, s.v.rec)
 		}
 	}
 	return err
@@ -79,10 +117,7 @@ func (l *libStore) preload(ctx context.Context, addr Address) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if l.loaded == nil {
-		l.loaded = map[Address]*record.Session{}
-	}
-	l.loaded[addr] = rec
+	l.loaded.set(addr, rec)
 	return true, nil
 }
 
@@ -101,7 +136,7 @@ func (l *libStore) GetIdentityKeyPair() *identity.KeyPair { return l.p.identity.
 func (l *libStore) GetLocalRegistrationID() uint32 { return l.p.registrationID }
 
 func (l *libStore) identity(ctx context.Context, addr Address) (IdentityRecord, bool, error) {
-	if rec, ok := l.seen[addr]; ok {
+	if rec, ok := l.seen.get(addr); ok {
 		return rec, true, nil
 	}
 	rec, err := l.s.LoadIdentity(ctx, addr)
@@ -111,10 +146,7 @@ func (l *libStore) identity(ctx context.Context, addr Address) (IdentityRecord, 
 	if err != nil {
 		return IdentityRecord{}, false, fmt.Errorf("load identity of %s: %w", addr, err)
 	}
-	if l.seen == nil {
-		l.seen = map[Address]IdentityRecord{}
-	}
-	l.seen[addr] = rec
+	l.seen.set(addr, rec)
 	return rec, true, nil
 }
 
@@ -154,10 +186,7 @@ func (l *libStore) SaveIdentity(ctx context.Context, sa *protocol.SignalAddress,
 	if err := l.s.StoreIdentity(ctx, addr, rec); err != nil {
 		return fmt.Errorf("store identity of %s: %w", addr, err)
 	}
-	if l.seen == nil {
-		l.seen = map[Address]IdentityRecord{}
-	}
-	l.seen[addr] = rec
+	l.seen.set(addr, rec)
 	return nil
 }
 
@@ -260,8 +289,8 @@ func (l *libStore) RemoveSignedPreKey(ctx context.Context, id uint32) error {
 // expects. A record preloaded for addr is handed out once.
 func (l *libStore) LoadSession(ctx context.Context, sa *protocol.SignalAddress) (*record.Session, error) {
 	addr := toAddress(sa)
-	if rec, ok := l.loaded[addr]; ok {
-		delete(l.loaded, addr)
+	if rec, ok := l.loaded.get(addr); ok {
+		l.loaded.del(addr)
 		return rec, nil
 	}
 	_, rec, err := l.session(ctx, addr)
@@ -283,11 +312,8 @@ func (l *libStore) StoreSession(ctx context.Context, sa *protocol.SignalAddress,
 	if err := l.s.StoreSession(ctx, addr, raw); err != nil {
 		return fmt.Errorf("store session with %s: %w", addr, err)
 	}
-	delete(l.loaded, addr)
-	if l.stored == nil {
-		l.stored = map[Address]cachedSession{}
-	}
-	l.stored[addr] = cachedSession{addr: addr, raw: raw, rec: rec}
+	l.loaded.del(addr)
+	l.stored.set(addr, cachedSession{addr: addr, raw: raw, rec: rec})
 	return nil
 }
 
@@ -301,8 +327,8 @@ func (l *libStore) ContainsSession(ctx context.Context, sa *protocol.SignalAddre
 
 func (l *libStore) DeleteSession(ctx context.Context, sa *protocol.SignalAddress) error {
 	addr := toAddress(sa)
-	delete(l.loaded, addr)
-	delete(l.stored, addr)
+	l.loaded.del(addr)
+	l.stored.del(addr)
 	l.p.sessions.drop(addr)
 	return l.s.DeleteSession(ctx, addr)
 }

@@ -208,11 +208,15 @@ func getMac(messageVersion int, senderIdentityKey, receiverIdentityKey *identity
 	macKey, serialized []byte) ([]byte, error) {
 
 	// hush patch: kdf.HMACSHA256 instead of crypto/hmac (no allocations
-	// for a short message).
+	// for a short message), with the keys' serialized form (type byte ‖
+	// 32 bytes, what Serialize returns) built on the stack.
 	var fullMac [32]byte
 	if messageVersion >= 3 {
-		fullMac = kdf.HMACSHA256(macKey, senderIdentityKey.PublicKey().Serialize(),
-			receiverIdentityKey.PublicKey().Serialize(), serialized)
+		var sender, receiver [33]byte
+		sender[0], receiver[0] = ecc.DjbType, ecc.DjbType
+		*(*[32]byte)(sender[1:]) = senderIdentityKey.PublicKey().PublicKey()
+		*(*[32]byte)(receiver[1:]) = receiverIdentityKey.PublicKey().PublicKey()
+		fullMac = kdf.HMACSHA256(macKey, sender[:], receiver[:], serialized)
 	} else {
 		fullMac = kdf.HMACSHA256(macKey, serialized)
 	}

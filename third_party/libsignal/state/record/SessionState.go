@@ -8,7 +8,6 @@ import (
 	"go.mau.fi/libsignal/keys/message"
 	"go.mau.fi/libsignal/keys/root"
 	"go.mau.fi/libsignal/keys/session"
-	"go.mau.fi/libsignal/logger"
 	"go.mau.fi/libsignal/util/errorhelper"
 	"go.mau.fi/libsignal/util/optional"
 )
@@ -229,14 +228,11 @@ func (s *State) HasSenderChain() bool {
 func (s *State) receiverChain(senderEphemeral ecc.ECPublicKeyable) *ReceiverChainPair {
 	receiverChains := s.receiverChains
 
+	// hush patch: compare the keys' bytes directly; upstream serialized and
+	// decoded each chain's key (two allocations per chain per lookup, and
+	// a decrypt looks up its chain several times).
 	for i, receiverChain := range receiverChains {
-		chainSenderRatchetKey, err := ecc.DecodePoint(receiverChain.senderRatchetKeyPair.PublicKey().Serialize(), 0)
-		if err != nil {
-			logger.Error("Error getting receiverchain: ", err)
-		}
-
-		// If the chainSenderRatchetKey equals our senderEphemeral key, return it.
-		if chainSenderRatchetKey.PublicKey() == senderEphemeral.PublicKey() {
+		if receiverChain.senderRatchetKeyPair.PublicKey().PublicKey() == senderEphemeral.PublicKey() {
 			return NewReceiverChainPair(receiverChain, i)
 		}
 	}
