@@ -34,16 +34,27 @@ type libStore struct {
 }
 
 // addrMap is a map keyed by Address for the one or two devices an
-// operation touches: a slice, so that an operation allocates no map.
-type addrMap[V any] []addrEntry[V]
+// operation touches, held inline: an operation allocates no map.
+type addrMap[V any] struct {
+	n     int
+	small [2]addrEntry[V]
+	more  []addrEntry[V]
+}
 
 type addrEntry[V any] struct {
 	addr Address
 	v    V
 }
 
-func (m addrMap[V]) get(a Address) (V, bool) {
-	for _, e := range m {
+func (m *addrMap[V]) entries() []addrEntry[V] {
+	if m.more != nil {
+		return m.more
+	}
+	return m.small[:m.n]
+}
+
+func (m *addrMap[V]) get(a Address) (V, bool) {
+	for _, e := range m.entries() {
 		if e.addr == a {
 			return e.v, true
 		}
@@ -53,19 +64,36 @@ func (m addrMap[V]) get(a Address) (V, bool) {
 }
 
 func (m *addrMap[V]) set(a Address, v V) {
-	for i := range *m {
-		if (*m)[i].addr == a {
-			(*m)[i].v = v
+	es := m.entries()
+	for i := range es {
+		if es[i].addr == a {
+			es[i].v = v
 			return
 		}
 	}
-	*m = append(*m, addrEntry[V]{a, v})
+	if m.more == nil && m.n < len(m.small) {
+		m.small[m.n] = addrEntry[V]{a, v}
+		m.n++
+		return
+	}
+	if m.more == nil {
+		m.more = append([]addrEntry[V](nil), m.small[:m.n]...)
+	}
+	m.more = append(m.more, addrEntry[V]{a, v})
 }
 
 func (m *addrMap[V]) del(a Address) {
-	for i := range *m {
-		if (*m)[i].addr == a {
-			*m = append((*m)[:i], (*m)[i+1:]...)
+	es := m.entries()
+	for i := range es {
+		if es[i].addr == a {
+			copy(es[i:], es[i+1:])
+			var zero addrEntry[V]
+			es[len(es)-1] = zero
+			if m.more != nil {
+				m.more = m.more[:len(m.more)-1]
+			} else {
+				m.n--
+			}
 			return
 		}
 	}
@@ -83,7 +111,7 @@ func (p *Protocol) atomicLib(ctx context.Context, what string, fn func(ctx conte
 		return fn(ctx, l)
 	})
 	if err == nil && l != nil {
-		for _, s := range l.stored {
+		for _, s := range l.stored.entries() {
 			p.sessions.put(s.addr, s.v.raw, s.v.rec)
 		}
 	}

@@ -39,10 +39,6 @@ func senderKeyName(groupID string, sender Address) *protocol.SenderKeyName {
 	return protocol.NewSenderKeyName(groupID, sender.signal())
 }
 
-func groupLock(groupID string, sender Address) string {
-	return "group\x00" + groupID + "\x00" + sender.String()
-}
-
 // GroupDistribution returns this device's sender-key distribution message
 // for groupID, creating the sender key on first use. Send it to each member
 // device over the pairwise session (Content.sender_key_distribution). It
@@ -52,7 +48,7 @@ func (p *Protocol) GroupDistribution(ctx context.Context, groupID string) ([]byt
 	if err := checkGroupID(groupID); err != nil {
 		return nil, fmt.Errorf("group distribution: %w", err)
 	}
-	defer p.lock(groupLock(groupID, p.self))()
+	defer p.lockGroupSender(groupID, p.self).Unlock()
 	var out []byte
 	err := p.atomic(ctx, "group distribution", func(ctx context.Context) error {
 		l := p.lib()
@@ -74,7 +70,7 @@ func (p *Protocol) RotateSenderKey(ctx context.Context, groupID string) ([]byte,
 	if err := checkGroupID(groupID); err != nil {
 		return nil, fmt.Errorf("rotate sender key: %w", err)
 	}
-	defer p.lock(groupLock(groupID, p.self))()
+	defer p.lockGroupSender(groupID, p.self).Unlock()
 	var out []byte
 	err := p.atomic(ctx, "rotate sender key", func(ctx context.Context) error {
 		if err := p.store.DeleteSenderKey(ctx, groupID, p.self); err != nil {
@@ -108,7 +104,7 @@ func (p *Protocol) ProcessDistribution(ctx context.Context, groupID string, send
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	defer p.lock(groupLock(groupID, sender))()
+	defer p.lockGroupSender(groupID, sender).Unlock()
 	return p.atomic(ctx, what, func(ctx context.Context) error {
 		l := p.lib()
 		name := senderKeyName(groupID, sender)
@@ -132,7 +128,7 @@ func (p *Protocol) ProcessDistribution(ctx context.Context, groupID string, send
 // ForgetSenderKey deletes the sender key of sender for groupID (the member
 // left or was removed); its later messages fail with ErrNoSenderKey.
 func (p *Protocol) ForgetSenderKey(ctx context.Context, groupID string, sender Address) error {
-	defer p.lock(groupLock(groupID, sender))()
+	defer p.lockGroupSender(groupID, sender).Unlock()
 	if err := p.store.DeleteSenderKey(ctx, groupID, sender); err != nil {
 		return fmt.Errorf("forget sender key of %s: %w", sender, err)
 	}
@@ -149,7 +145,7 @@ func (p *Protocol) GroupEncrypt(ctx context.Context, groupID string, plaintext [
 	if len(plaintext) > MaxMessageSize {
 		return nil, fmt.Errorf("group encrypt: %w: %d bytes (limit %d)", ErrMessageTooLarge, len(plaintext), MaxMessageSize)
 	}
-	defer p.lock(groupLock(groupID, p.self))()
+	defer p.lockGroupSender(groupID, p.self).Unlock()
 	var out []byte
 	err := p.atomic(ctx, "group encrypt", func(ctx context.Context) error {
 		l := p.lib()
@@ -187,7 +183,7 @@ func (p *Protocol) GroupDecrypt(ctx context.Context, groupID string, sender Addr
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	defer p.lock(groupLock(groupID, sender))()
+	defer p.lockGroupSender(groupID, sender).Unlock()
 	var pt []byte
 	err = p.atomic(ctx, what, func(ctx context.Context) error {
 		l := p.lib()

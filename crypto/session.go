@@ -191,24 +191,36 @@ func (p *Protocol) IdentityKey() []byte { return p.identity.PublicKey() }
 // RegistrationID returns this device's registration id.
 func (p *Protocol) RegistrationID() uint32 { return p.registrationID }
 
-// lock serialises operations on one key (a remote device, a group sender).
-func (p *Protocol) lock(key string) func() {
-	m := &p.locks[maphash.String(p.seed, key)%uint64(len(p.locks))]
-	m.Lock()
-	return m.Unlock
+// lockAddress locks, and returns for unlocking, the mutex that serialises
+// operations with one remote device (defer p.lockAddress(remote).Unlock()).
+// Devices hash onto a fixed set of mutexes; a collision only makes two
+// devices share one.
+func (p *Protocol) lockAddress(a Address) *sync.Mutex {
+	return p.lockHash(func(h *maphash.Hash) {
+		h.WriteString(a.Name)
+		h.WriteByte(0)
+		h.WriteByte(byte(a.DeviceID))
+	})
 }
 
-// lockAddress is the lock of one remote device; unlike lock it needs no
-// string built per message.
-func (p *Protocol) lockAddress(a Address) func() {
+// lockGroupSender is lockAddress for one sender's chain in one group.
+func (p *Protocol) lockGroupSender(groupID string, sender Address) *sync.Mutex {
+	return p.lockHash(func(h *maphash.Hash) {
+		h.WriteString(groupID)
+		h.WriteByte(0)
+		h.WriteString(sender.Name)
+		h.WriteByte(0)
+		h.WriteByte(byte(sender.DeviceID))
+	})
+}
+
+func (p *Protocol) lockHash(key func(h *maphash.Hash)) *sync.Mutex {
 	var h maphash.Hash
 	h.SetSeed(p.seed)
-	h.WriteString(a.Name)
-	h.WriteByte(0) // a collision only makes two devices share a mutex
-	h.WriteByte(byte(a.DeviceID))
+	key(&h)
 	m := &p.locks[h.Sum64()%uint64(len(p.locks))]
 	m.Lock()
-	return m.Unlock
+	return m
 }
 
 // atomic runs fn in one store transaction and converts a library panic into
@@ -264,7 +276,7 @@ func (p *Protocol) ProcessBundle(ctx context.Context, remote Address, b Bundle) 
 	if err := b.Validate(); err != nil {
 		return fmt.Errorf("process bundle for %s: %w", remote, err)
 	}
-	defer p.lockAddress(remote)()
+	defer p.lockAddress(remote).Unlock()
 	return p.atomicLib(ctx, "process bundle", func(ctx context.Context, l *libStore) error {
 		builder := session.NewBuilder(l, l, l, l, remote.signal(), serializer)
 		if err := builder.ProcessBundle(ctx, b.lib()); err != nil {
@@ -289,7 +301,7 @@ func (p *Protocol) HasSession(ctx context.Context, remote Address) (bool, error)
 // DeleteSession forgets the session with remote (its identity stays
 // recorded).
 func (p *Protocol) DeleteSession(ctx context.Context, remote Address) error {
-	defer p.lockAddress(remote)()
+	defer p.lockAddress(remote).Unlock()
 	p.sessions.drop(remote)
 	if err := p.store.DeleteSession(ctx, remote); err != nil {
 		return fmt.Errorf("delete session with %s: %w", remote, err)
@@ -314,7 +326,7 @@ func (p *Protocol) Encrypt(ctx context.Context, remote Address, plaintext []byte
 	if len(plaintext) > MaxMessageSize {
 		return Ciphertext{}, fmt.Errorf("encrypt for %s: %w: %d bytes (limit %d)", remote, ErrMessageTooLarge, len(plaintext), MaxMessageSize)
 	}
-	defer p.lockAddress(remote)()
+	defer p.lockAddress(remote).Unlock()
 	var out Ciphertext
 	err := p.atomicLib(ctx, "encrypt", func(ctx context.Context, l *libStore) error {
 		ok, err := l.preload(ctx, remote)
@@ -371,7 +383,7 @@ func (p *Protocol) Decrypt(ctx context.Context, remote Address, c Ciphertext) ([
 		if msg, err = parsePreKeySignalMessage(c.Body); err != nil {
 			break
 		}
-		defer p.lockAddress(remote)()
+		defer p.lockAddress(remote).Unlock()
 		err = p.atomicLib(ctx, "", func(ctx context.Context, l *libStore) error {
 			var err error
 			if pt, err = p.decryptPreKey(ctx, l, remote, msg); err != nil {
@@ -384,7 +396,7 @@ func (p *Protocol) Decrypt(ctx context.Context, remote Address, c Ciphertext) ([
 		if msg, err = parseSignalMessage(c.Body); err != nil {
 			break
 		}
-		defer p.lockAddress(remote)()
+		defer p.lockAddress(remote).Unlock()
 		err = p.atomicLib(ctx, "", func(ctx context.Context, l *libStore) error {
 			var err error
 			if pt, err = p.decryptSignal(ctx, l, remote, msg); err != nil {
@@ -463,7 +475,7 @@ func (p *Protocol) TrustIdentity(ctx context.Context, remote Address, key []byte
 	if _, err := ParsePublicKey(key); err != nil {
 		return fmt.Errorf("trust identity of %s: %w", remote, err)
 	}
-	defer p.lockAddress(remote)()
+	defer p.lockAddress(remote).Unlock()
 	return p.atomic(ctx, "trust identity", func(ctx context.Context) error {
 		old, err := p.store.LoadIdentity(ctx, remote)
 		if err != nil && !errors.Is(err, ErrNotFound) {

@@ -2,7 +2,6 @@ package crypto
 
 import (
 	"bytes"
-	"container/list"
 	"sync"
 
 	"go.mau.fi/libsignal/state/record"
@@ -25,19 +24,32 @@ import (
 // therefore never share a record, and a failed operation, which may have
 // changed the record it took, leaves nothing behind.
 //
-// Memory is bounded: at most sessionCacheEntries records, at most
+// Memory is bounded: at most sessionCacheEntries devices, at most
 // sessionCacheBytes of stored bytes in total (the decoded record is a small
 // multiple of that), least recently stored evicted first; a record larger
 // than sessionCacheMaxRecord is never kept.
 type sessionCache struct {
-	mu    sync.Mutex
-	lru   list.List // of *cachedSession, most recently stored first
-	byKey map[Address]*list.Element
-	bytes int
-
-	hits, misses uint64 // takes that found a matching entry, or not
+	mu     sync.Mutex
+	byKey  map[Address]*cacheNode
+	head   cacheNode // sentinel of the LRU ring: head.next is the most recently stored
+	live   int       // nodes holding a record
+	bytes  int       // stored bytes of those records
+	hits   uint64    // takes that found a matching record
+	misses uint64    // takes that did not
 }
 
+// cacheNode is one device's slot. A take empties it rather than freeing
+// it, so the put that follows (the same operation storing the record)
+// reuses it and a message costs no cache allocation.
+type cacheNode struct {
+	addr       Address
+	raw        []byte
+	rec        *record.Session // nil: empty slot
+	prev, next *cacheNode
+}
+
+// cachedSession is a record an operation stored, waiting for the
+// operation to succeed.
 type cachedSession struct {
 	addr Address
 	raw  []byte
@@ -51,26 +63,29 @@ const (
 )
 
 func newSessionCache() *sessionCache {
-	return &sessionCache{byKey: map[Address]*list.Element{}}
+	c := &sessionCache{byKey: map[Address]*cacheNode{}}
+	c.head.prev, c.head.next = &c.head, &c.head
+	return c
 }
 
 // take returns the record decoded from raw, when the cache has one for
-// addr, and removes addr's entry either way.
+// addr, and empties addr's slot either way.
 func (c *sessionCache) take(addr Address, raw []byte) *record.Session {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.byKey[addr]
-	if !ok {
+	n, ok := c.byKey[addr]
+	if !ok || n.rec == nil {
 		c.misses++
 		return nil
 	}
-	s := c.remove(e)
-	if !bytes.Equal(s.raw, raw) {
+	rec, match := n.rec, bytes.Equal(n.raw, raw)
+	c.empty(n)
+	if !match {
 		c.misses++
 		return nil
 	}
 	c.hits++
-	return s.rec
+	return rec
 }
 
 // put remembers rec as the decoding of raw, the bytes just stored for
@@ -85,13 +100,21 @@ func (c *sessionCache) put(addr Address, raw []byte, rec *record.Session) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.byKey[addr]; ok {
-		c.remove(e)
+	n, ok := c.byKey[addr]
+	if ok {
+		c.empty(n)
+		n.unlink()
+	} else {
+		n = &cacheNode{addr: addr}
+		c.byKey[addr] = n
 	}
-	c.byKey[addr] = c.lru.PushFront(&cachedSession{addr: addr, raw: raw, rec: rec})
+	n.raw, n.rec = raw, rec
+	c.live++
 	c.bytes += len(raw)
-	for c.lru.Len() > sessionCacheEntries || c.bytes > sessionCacheBytes {
-		c.remove(c.lru.Back())
+	n.prev, n.next = &c.head, c.head.next
+	n.prev.next, n.next.prev = n, n
+	for len(c.byKey) > sessionCacheEntries || c.bytes > sessionCacheBytes {
+		c.remove(c.head.prev)
 	}
 }
 
@@ -99,22 +122,34 @@ func (c *sessionCache) put(addr Address, raw []byte, rec *record.Session) {
 func (c *sessionCache) drop(addr Address) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.byKey[addr]; ok {
-		c.remove(e)
+	if n, ok := c.byKey[addr]; ok {
+		c.remove(n)
 	}
 }
 
-func (c *sessionCache) remove(e *list.Element) *cachedSession {
-	s := c.lru.Remove(e).(*cachedSession)
-	delete(c.byKey, s.addr)
-	c.bytes -= len(s.raw)
-	return s
+func (c *sessionCache) empty(n *cacheNode) {
+	if n.rec != nil {
+		c.live--
+		c.bytes -= len(n.raw)
+	}
+	n.raw, n.rec = nil, nil
 }
 
-// stats reports the number of entries, their stored bytes, and the takes
-// that hit and missed (for tests).
+func (c *sessionCache) remove(n *cacheNode) {
+	c.empty(n)
+	n.unlink()
+	delete(c.byKey, n.addr)
+}
+
+func (n *cacheNode) unlink() {
+	n.prev.next, n.next.prev = n.next, n.prev
+	n.prev, n.next = nil, nil
+}
+
+// stats reports the records held, their stored bytes, and the takes that
+// hit and missed (for tests).
 func (c *sessionCache) stats() (entries, bytes int, hits, misses uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.lru.Len(), c.bytes, c.hits, c.misses
+	return c.live, c.bytes, c.hits, c.misses
 }

@@ -367,3 +367,34 @@ func TestSessionCacheConcurrentPeers(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestAddrMap: the per-operation map keeps its first entries inline and
+// the rest in a slice, with the same behaviour throughout.
+func TestAddrMap(t *testing.T) {
+	var m addrMap[int]
+	want := map[Address]int{}
+	r := 0
+	for step := range 200 {
+		a := Address{Name: fmt.Sprint("d", step%5), DeviceID: 1}
+		switch step % 3 {
+		case 0, 1:
+			r++
+			m.set(a, r)
+			want[a] = r
+		default:
+			m.del(a)
+			delete(want, a)
+		}
+		if len(m.entries()) != len(want) {
+			t.Fatalf("step %d: %d entries, want %d", step, len(m.entries()), len(want))
+		}
+		for i := range 5 {
+			a := Address{Name: fmt.Sprint("d", i), DeviceID: 1}
+			v, ok := m.get(a)
+			w, wok := want[a]
+			if ok != wok || v != w {
+				t.Fatalf("step %d: get(%s) = %d, %v; want %d, %v", step, a, v, ok, w, wok)
+			}
+		}
+	}
+}

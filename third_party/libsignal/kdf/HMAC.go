@@ -22,11 +22,23 @@ func HMACSHA256(key []byte, parts ...[]byte) [32]byte {
 	for _, p := range parts {
 		n += len(p)
 	}
-	if len(key) > sha256.BlockSize || n > hmacShortInput {
+	switch {
+	case len(key) > sha256.BlockSize || n > hmacShortInput:
 		return hmacLong(key, n, parts)
+	case n <= sha256.BlockSize:
+		// Key steps and HKDF blocks: a buffer that is cheap to zero.
+		var buf [2 * sha256.BlockSize]byte
+		return hmacShort(buf[:], key, n, parts)
+	default:
+		var buf [sha256.BlockSize + hmacShortInput]byte
+		return hmacShort(buf[:], key, n, parts)
 	}
-	var buf [sha256.BlockSize + hmacShortInput]byte
-	copy(buf[:], key)
+}
+
+// hmacShort computes HMACSHA256 in buf, which holds the padded key and
+// the n message bytes (n ≥ the 32 bytes of the inner hash).
+func hmacShort(buf, key []byte, n int, parts [][]byte) [32]byte {
+	copy(buf, key)
 	for i := range sha256.BlockSize {
 		buf[i] ^= 0x36
 	}
