@@ -198,33 +198,34 @@ func (r *Runner) mediaEncrypted(ctx context.Context, mc *mediaclient.Client, dir
 		return 0, 0, err
 	}
 	up = time.Since(start)
-	blob, out := filepath.Join(dir, "enc.blob"), filepath.Join(dir, "enc.out")
-	defer os.Remove(blob)
+	out := filepath.Join(dir, "enc.out")
 	defer os.Remove(out)
 	start = time.Now()
-	if _, err := mc.DownloadFile(ctx, slot.ObjectKey, blob, heap.progress); err != nil {
-		return 0, 0, err
-	}
-	if err := decryptFile(blob, blobSize, out, key, digest, heap); err != nil {
+	if err := downloadDecrypt(ctx, mc, slot.ObjectKey, blobSize, out, key, digest, heap); err != nil {
 		return 0, 0, err
 	}
 	down = time.Since(start)
 	return up, down, checkFile(out, wantSum)
 }
 
-// decryptFile verifies and decrypts blob into a new file out, and syncs it.
-func decryptFile(blob string, size int64, out string, key, digest []byte, heap *heapWatch) error {
-	src, err := os.Open(blob)
-	if err != nil {
-		return err
-	}
-	defer src.Close()
+// downloadDecrypt downloads the blob and decrypts it as it arrives into a
+// new file out (verified before it counts), and syncs it: one pass, as
+// the client does.
+func downloadDecrypt(ctx context.Context, mc *mediaclient.Client, objectKey string, size int64, out string, key, digest []byte, heap *heapWatch) error {
 	dst, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	w := &watchedWriter{w: dst, heap: heap}
-	_, err = crypto.DecryptAttachment(w, src, size, key, digest)
+	dec, err := crypto.NewAttachmentDecrypter(&watchedWriter{w: dst, heap: heap}, size, key, digest)
+	if err != nil {
+		dst.Close()
+		return err
+	}
+	if _, err = mc.Download(ctx, objectKey, dec, 0, heap.progress); err == nil {
+		_, err = dec.Finish()
+	} else {
+		dec.Close()
+	}
 	if err == nil {
 		err = dst.Sync()
 	}
