@@ -41,8 +41,9 @@ var _ Store = (*MemoryStore)(nil)
 
 // memTx is the undo log of one Atomic call, carried in its context.
 type memTx struct {
-	store *MemoryStore
-	undo  []func()
+	store   *MemoryStore
+	undo    []func()
+	undoBuf [4]func() // room for the writes of one message
 }
 
 type memTxKey struct{}
@@ -69,6 +70,7 @@ func (m *MemoryStore) Atomic(ctx context.Context, fn func(ctx context.Context) e
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	tx := &memTx{store: m}
+	tx.undo = tx.undoBuf[:0]
 	err := fn(context.WithValue(ctx, memTxKey{}, tx))
 	if err != nil {
 		for i := len(tx.undo) - 1; i >= 0; i-- {

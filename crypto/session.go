@@ -196,28 +196,27 @@ func (p *Protocol) RegistrationID() uint32 { return p.registrationID }
 // Devices hash onto a fixed set of mutexes; a collision only makes two
 // devices share one.
 func (p *Protocol) lockAddress(a Address) *sync.Mutex {
-	return p.lockHash(func(h *maphash.Hash) {
-		h.WriteString(a.Name)
-		h.WriteByte(0)
-		h.WriteByte(byte(a.DeviceID))
-	})
+	var h maphash.Hash
+	h.SetSeed(p.seed)
+	h.WriteString(a.Name)
+	h.WriteByte(0)
+	h.WriteByte(byte(a.DeviceID))
+	return p.lockHash(&h)
 }
 
 // lockGroupSender is lockAddress for one sender's chain in one group.
 func (p *Protocol) lockGroupSender(groupID string, sender Address) *sync.Mutex {
-	return p.lockHash(func(h *maphash.Hash) {
-		h.WriteString(groupID)
-		h.WriteByte(0)
-		h.WriteString(sender.Name)
-		h.WriteByte(0)
-		h.WriteByte(byte(sender.DeviceID))
-	})
-}
-
-func (p *Protocol) lockHash(key func(h *maphash.Hash)) *sync.Mutex {
 	var h maphash.Hash
 	h.SetSeed(p.seed)
-	key(&h)
+	h.WriteString(groupID)
+	h.WriteByte(0)
+	h.WriteString(sender.Name)
+	h.WriteByte(0)
+	h.WriteByte(byte(sender.DeviceID))
+	return p.lockHash(&h)
+}
+
+func (p *Protocol) lockHash(h *maphash.Hash) *sync.Mutex {
 	m := &p.locks[h.Sum64()%uint64(len(p.locks))]
 	m.Lock()
 	return m

@@ -131,10 +131,7 @@ func (c *Chain) PopFirstMessageKeys() *message.Keys {
 }
 
 // structure returns a serializeable structure of the chain state.
-func (c *Chain) structure() *ChainStructure {
-	// Alias to ArrayToSlice
-	getSlice := bytehelper.ArrayToSlice
-
+func (c *Chain) structure(keys *keyArena) *ChainStructure {
 	// Convert our message keys into a serializeable structure.
 	messageKeys := make([]*message.KeysStructure, len(c.messageKeys))
 	for i := range c.messageKeys {
@@ -144,14 +141,22 @@ func (c *Chain) structure() *ChainStructure {
 	// Convert our sender ratchet key private
 	var senderRatchetKeyPrivate []byte
 	if c.senderRatchetKeyPair.PrivateKey() != nil {
-		senderRatchetKeyPrivate = getSlice(c.senderRatchetKeyPair.PrivateKey().Serialize())
+		senderRatchetKeyPrivate = keys.private(c.senderRatchetKeyPair.PrivateKey().Serialize())
 	}
 
-	// Build the chain structure.
-	return &ChainStructure{
-		SenderRatchetKeyPublic:  c.senderRatchetKeyPair.PublicKey().Serialize(),
+	// Build the chain structure (hush patch: with its chain key's in one
+	// allocation, and the keys in the state's keyArena).
+	st := &struct {
+		chain ChainStructure
+		key   chain.KeyStructure
+	}{
+		key: chain.KeyStructure{Key: c.chainKey.Key(), Index: c.chainKey.Index()},
+	}
+	st.chain = ChainStructure{
+		SenderRatchetKeyPublic:  keys.public(c.senderRatchetKeyPair.PublicKey()),
 		SenderRatchetKeyPrivate: senderRatchetKeyPrivate,
-		ChainKey:                chain.NewStructFromKey(c.chainKey),
+		ChainKey:                &st.key,
 		MessageKeys:             messageKeys,
 	}
+	return &st.chain
 }

@@ -495,11 +495,18 @@ func (s *State) Serialize() []byte {
 
 // structure will return a serializable structure of the
 // the given state so it can be persistently stored.
+//
+// hush patch: the keys' serialized forms share one buffer (keyArena), and
+// each chain's structure is allocated together with its chain key's,
+// instead of one allocation per key; the result is the same. Session
+// records are serialized after every message.
 func (s *State) structure() *StateStructure {
+	keys := make(keyArena, 0, 3*33+(1+len(s.receiverChains))*(33+32))
+
 	// Convert our receiver chains into a serializeable structure
 	receiverChains := make([]*ChainStructure, len(s.receiverChains))
 	for i := range s.receiverChains {
-		receiverChains[i] = s.receiverChains[i].structure()
+		receiverChains[i] = s.receiverChains[i].structure(&keys)
 	}
 
 	// Convert our pending key exchange into a serializeable structure
@@ -510,18 +517,37 @@ func (s *State) structure() *StateStructure {
 
 	// Build and return our state structure.
 	return &StateStructure{
-		LocalIdentityPublic:  s.localIdentityPublic.Serialize(),
+		LocalIdentityPublic:  keys.public(s.localIdentityPublic.PublicKey()),
 		LocalRegistrationID:  s.localRegistrationID,
 		NeedsRefresh:         s.needsRefresh,
 		PendingKeyExchange:   pendingKeyExchange,
 		PendingPreKey:        s.pendingPreKey.structure(),
 		PreviousCounter:      s.previousCounter,
 		ReceiverChains:       receiverChains,
-		RemoteIdentityPublic: s.remoteIdentityPublic.Serialize(),
+		RemoteIdentityPublic: keys.public(s.remoteIdentityPublic.PublicKey()),
 		RemoteRegistrationID: s.remoteRegistrationID,
 		RootKey:              s.rootKey.Bytes(),
-		SenderBaseKey:        s.senderBaseKey.Serialize(),
-		SenderChain:          s.senderChain.structure(),
+		SenderBaseKey:        keys.public(s.senderBaseKey),
+		SenderChain:          s.senderChain.structure(&keys),
 		SessionVersion:       s.sessionVersion,
 	}
+}
+
+// keyArena holds serialized keys back to back (hush patch, see structure).
+type keyArena []byte
+
+// public returns k serialized as its Serialize method does: the DJB type
+// byte and the 32 key bytes.
+func (a *keyArena) public(k ecc.ECPublicKeyable) []byte {
+	pk := k.PublicKey()
+	start := len(*a)
+	*a = append(append(*a, ecc.DjbType), pk[:]...)
+	return (*a)[start:len(*a):len(*a)]
+}
+
+// private returns a copy of the 32 key bytes.
+func (a *keyArena) private(k [32]byte) []byte {
+	start := len(*a)
+	*a = append(*a, k[:]...)
+	return (*a)[start:len(*a):len(*a)]
 }
