@@ -187,11 +187,19 @@ func (l *libStore) IsTrustedIdentity(ctx context.Context, sa *protocol.SignalAdd
 	if err != nil {
 		return false, err
 	}
-	if !ok || bytes.Equal(rec.Key, key.Serialize()) {
+	if !ok || sameKey(rec.Key, key) {
 		return true, nil
 	}
 	l.untrusted = &UntrustedIdentityError{Address: addr, Key: key.Serialize(), Known: bytes.Clone(rec.Key)}
 	return false, nil
+}
+
+// sameKey reports whether stored, a 33-byte serialized key, is key —
+// bytes.Equal(stored, key.Serialize()) without serializing key on every
+// message.
+func sameKey(stored []byte, key *identity.Key) bool {
+	pk := key.PublicKey().PublicKey()
+	return len(stored) == PublicKeySize && stored[0] == KeyTypeDJB && bytes.Equal(stored[1:], pk[:])
 }
 
 // SaveIdentity records a first-seen key. The library calls it after every
@@ -203,14 +211,13 @@ func (l *libStore) SaveIdentity(ctx context.Context, sa *protocol.SignalAddress,
 	if err != nil {
 		return err
 	}
-	k := key.Serialize()
 	if ok {
-		if bytes.Equal(rec.Key, k) {
+		if sameKey(rec.Key, key) {
 			return nil
 		}
-		return &UntrustedIdentityError{Address: addr, Key: k, Known: bytes.Clone(rec.Key)}
+		return &UntrustedIdentityError{Address: addr, Key: key.Serialize(), Known: bytes.Clone(rec.Key)}
 	}
-	rec = IdentityRecord{Key: k}
+	rec = IdentityRecord{Key: key.Serialize()}
 	if err := l.s.StoreIdentity(ctx, addr, rec); err != nil {
 		return fmt.Errorf("store identity of %s: %w", addr, err)
 	}

@@ -118,3 +118,13 @@ func TestHMACSHA256ShortInputsDoNotAllocate(t *testing.T) {
 		t.Fatalf("%v allocations per HMAC", n)
 	}
 }
+
+func BenchmarkChainMessageKeys(b *testing.B) {
+	key := make([]byte, 32)
+	b.ReportAllocs()
+	for range b.N {
+		seed := kdf.HMACSHA256(key, []byte{1})
+		_, _ = kdf.DeriveSecrets(seed[:], nil, []byte("WhisperMessageKeys"), 80)
+		_ = kdf.HMACSHA256(key, []byte{2})
+	}
+}

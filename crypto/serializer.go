@@ -117,20 +117,27 @@ const (
 )
 
 func (sessionSerializer) Serialize(s *record.SessionStructure) []byte {
+	// Each state's size, computed once (the library keeps at most 40
+	// archived states).
+	var sizesBuf [8]int
+	sizes := sizesBuf[:0]
 	n := 1
 	if s.SessionState != nil {
-		n += sizeMessage(fSessionCurrent, sizeState(s.SessionState))
+		sizes = append(sizes, sizeState(s.SessionState))
+		n += sizeMessage(fSessionCurrent, sizes[0])
 	}
 	for _, st := range s.PreviousStates {
-		n += sizeMessage(fSessionPrevious, sizeState(st))
+		sizes = append(sizes, sizeState(st))
+		n += sizeMessage(fSessionPrevious, sizes[len(sizes)-1])
 	}
 	b := make([]byte, 1, n)
 	b[0] = recordFormatBinary
 	if s.SessionState != nil {
-		b = appendState(protowire.AppendVarint(protowire.AppendTag(b, fSessionCurrent, protowire.BytesType), uint64(sizeState(s.SessionState))), s.SessionState)
+		b = appendState(appendMessageHeader(b, fSessionCurrent, sizes[0]), s.SessionState)
+		sizes = sizes[1:]
 	}
-	for _, st := range s.PreviousStates {
-		b = appendState(protowire.AppendVarint(protowire.AppendTag(b, fSessionPrevious, protowire.BytesType), uint64(sizeState(st))), st)
+	for i, st := range s.PreviousStates {
+		b = appendState(appendMessageHeader(b, fSessionPrevious, sizes[i]), st)
 	}
 	return b
 }

@@ -1,12 +1,21 @@
 package kdf
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/subtle"
 )
 
 // hush patch (see HUSH-PATCHES.md): HMAC-SHA256 without crypto/hmac's
 // allocations for the short inputs of the ratchet.
+
+// ipad is RFC 2104's inner pad block; ipadToOpad turns key ⊕ ipad into
+// key ⊕ opad.
+var (
+	ipad       = [sha256.BlockSize]byte(bytes.Repeat([]byte{0x36}, sha256.BlockSize))
+	ipadToOpad = [sha256.BlockSize]byte(bytes.Repeat([]byte{0x36 ^ 0x5c}, sha256.BlockSize))
+)
 
 // hmacShortInput is the longest key-padded input HMACSHA256 hashes from a
 // stack buffer; longer messages go through crypto/hmac.
@@ -39,17 +48,13 @@ func HMACSHA256(key []byte, parts ...[]byte) [32]byte {
 // the n message bytes (n ≥ the 32 bytes of the inner hash).
 func hmacShort(buf, key []byte, n int, parts [][]byte) [32]byte {
 	copy(buf, key)
-	for i := range sha256.BlockSize {
-		buf[i] ^= 0x36
-	}
+	subtle.XORBytes(buf[:sha256.BlockSize], buf[:sha256.BlockSize], ipad[:])
 	m := buf[sha256.BlockSize:sha256.BlockSize]
 	for _, p := range parts {
 		m = append(m, p...)
 	}
 	inner := sha256.Sum256(buf[:sha256.BlockSize+n])
-	for i := range sha256.BlockSize {
-		buf[i] ^= 0x36 ^ 0x5c
-	}
+	subtle.XORBytes(buf[:sha256.BlockSize], buf[:sha256.BlockSize], ipadToOpad[:])
 	copy(buf[sha256.BlockSize:], inner[:])
 	return sha256.Sum256(buf[:sha256.BlockSize+sha256.Size])
 }
