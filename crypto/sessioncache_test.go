@@ -398,3 +398,69 @@ func TestAddrMap(t *testing.T) {
 		}
 	}
 }
+
+// retryStore runs every top-level Atomic function twice, as the client's
+// SQLite store does after a conflict: a first run that is rolled back,
+// then the real one.
+type retryStore struct {
+	*MemoryStore
+	runs int
+}
+
+var errConflict = errors.New("conflict")
+
+func (s *retryStore) Atomic(ctx context.Context, fn func(ctx context.Context) error) error {
+	if _, inside := ctx.Value(memTxKey{}).(*memTx); inside {
+		return s.MemoryStore.Atomic(ctx, fn)
+	}
+	err := s.MemoryStore.Atomic(ctx, func(ctx context.Context) error {
+		s.runs++
+		if err := fn(ctx); err != nil {
+			return err
+		}
+		return errConflict
+	})
+	if !errors.Is(err, errConflict) {
+		return err
+	}
+	return s.MemoryStore.Atomic(ctx, func(ctx context.Context) error {
+		s.runs++
+		return fn(ctx)
+	})
+}
+
+// TestSessionCacheStoreRetriesAtomic: only the run of an operation that
+// the store commits feeds the cache; the rolled-back run's record, which
+// it advanced, must not be used again.
+func TestSessionCacheStoreRetriesAtomic(t *testing.T) {
+	ctx := context.Background()
+	alice, bob := talking(t)
+	rs := &retryStore{MemoryStore: alice.store}
+	p, err := New(Config{Address: alice.self, Identity: alice.identity, RegistrationID: alice.registrationID, Store: rs, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 6 {
+		text := fmt.Sprint("retried ", i)
+		c, err := p.Encrypt(ctx, bob.Address(), []byte(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pt, err := bob.Decrypt(ctx, alice.Address(), c); err != nil || string(pt) != text {
+			t.Fatalf("%d: %q, %v", i, pt, err)
+		}
+		r, err := bob.Encrypt(ctx, alice.Address(), []byte("re: "+text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pt, err := p.Decrypt(ctx, bob.Address(), r); err != nil || string(pt) != "re: "+text {
+			t.Fatalf("reply %d: %q, %v", i, pt, err)
+		}
+	}
+	if rs.runs != 24 {
+		t.Fatalf("%d runs of Atomic functions, want 24", rs.runs)
+	}
+	if _, _, hits, _ := p.sessions.stats(); hits == 0 {
+		t.Fatal("the cache was never used")
+	}
+}
