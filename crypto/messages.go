@@ -125,7 +125,10 @@ func parseSignalMessage(b []byte) (msg *protocol.SignalMessage, err error) {
 	if err := checkCBC("signal message", st.CipherText); err != nil {
 		return nil, err
 	}
-	body := serializer.SignalMessage.Serialize(&protocol.SignalMessageStructure{
+	// Encoded on the stack for a short message: this runs for every
+	// message received.
+	var buf [512]byte
+	body := appendSignalMessage(buf[:0], &protocol.SignalMessageStructure{
 		RatchetKey: st.RatchetKey, Counter: st.Counter, PreviousCounter: st.PreviousCounter, CipherText: st.CipherText,
 	})
 	if !bytes.Equal(body, b[1:len(b)-protocol.MacLength]) {

@@ -43,7 +43,11 @@ func (signalMessageSerializer) Serialize(m *protocol.SignalMessageStructure) []b
 	if m.CipherText != nil {
 		n += protowire.SizeTag(fSMCiphertext) + protowire.SizeBytes(len(m.CipherText))
 	}
-	b := make([]byte, 0, n)
+	return appendSignalMessage(make([]byte, 0, n), m)
+}
+
+// appendSignalMessage appends m's encoding (Serialize) to b.
+func appendSignalMessage(b []byte, m *protocol.SignalMessageStructure) []byte {
 	if m.Version != 0 {
 		b = strconv.AppendInt(b, int64(m.Version), 10)
 	}

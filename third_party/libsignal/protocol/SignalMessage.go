@@ -150,15 +150,14 @@ func (s *SignalMessage) VerifyMac(messageVersion int, senderIdentityKey,
 
 	// Create a copy of the message without the mac. We'll use this to calculate
 	// the message authentication code.
+	//
+	// hush patch: the copy is encoded directly. Upstream first built a new
+	// SignalMessage from it, re-checking the fields this message was built
+	// from and decoding its ratchet key again (three allocations).
 	structure := s.structure
-	signalMessage, err := NewSignalMessageFromStruct(&structure, s.serializer)
-	if err != nil {
-		return err
-	}
-	signalMessage.structure.Mac = nil
-	signalMessage.structure.Version = 0
-	version := []byte(strconv.Itoa(s.MessageVersion()))
-	serialized := append(version, signalMessage.Serialize()...)
+	structure.Mac = nil
+	structure.Version = 0
+	serialized := append([]byte(strconv.Itoa(s.MessageVersion())), s.serializer.Serialize(&structure)...)
 
 	// Calculate the message authentication code from the serialized structure.
 	ourMac, err := getMac(
