@@ -349,11 +349,12 @@ func (s *Store) Path() string { return s.path }
 // op), applies it as one transaction, answers every op, and repeats until
 // reqs is closed and drained.
 //
-// A batch that is small while ops keep arriving is held back for at most
-// maxHold (see hold): at moderate rates the ops of a few hundred
-// microseconds then share one transaction, one set of WAL pages and one
-// fsync, instead of paying for them one or two at a time. A batch without
-// a Put waits up to maxAckHold, until the next Put arrives to commit with.
+// A batch with a Put that is small while ops keep arriving lets the
+// goroutines ready to run submit first (see hold and yieldForOps): at
+// moderate rates the ops then share one transaction, one set of WAL pages
+// and one fsync, instead of paying for them one or two at a time. A batch
+// without a Put waits up to maxAckHold, until the next Put arrives to
+// commit with.
 func (s *Store) run() {
 	defer close(s.writerDone)
 	batch := make([]*op, 0, maxBatchOps)
@@ -382,20 +383,21 @@ func (s *Store) run() {
 				break fill
 			}
 		}
-		hasPut := durable(batch)
-		wait := maxAckHold // acks wait for company: a Put to ride with, or more acks
-		if hasPut {
-			wait = g.hold(start, len(batch), cost)
-		}
-		if wait > 0 && !closed {
+		if durable(batch) {
+			if !closed && g.hold(start, len(batch), cost) > 0 {
+				s.stats.held.Add(1)
+				closed = s.yieldForOps(&batch, &cost, start)
+			}
+		} else if !closed {
+			// Acks wait for company: a Put to ride with, or more acks.
 			s.stats.held.Add(1)
 			if timer == nil {
-				timer = time.NewTimer(wait)
+				timer = time.NewTimer(maxAckHold)
 			} else {
-				timer.Reset(wait)
+				timer.Reset(maxAckHold)
 			}
 		hold:
-			for len(batch) < maxBatchOps && cost < maxBatchCost && (!hasPut || len(batch) < holdTarget) {
+			for len(batch) < maxBatchOps && cost < maxBatchCost {
 				select {
 				case o, ok := <-s.reqs:
 					if !ok {
@@ -403,7 +405,7 @@ func (s *Store) run() {
 					}
 					batch = append(batch, o)
 					cost += o.cost()
-					if !hasPut && o.kind == opPut {
+					if o.kind == opPut {
 						break hold // the held acks ride with this Put's commit
 					}
 				case <-timer.C:
@@ -425,6 +427,33 @@ func (s *Store) run() {
 	}
 }
 
+// yieldForOps lets the goroutines that are ready to run go first — the
+// readers and Sends whose Puts are about to be submitted — and adds what
+// they submit to the batch: up to holdYields rounds, while the batch is
+// below holdTarget and younger than maxHold. Yielding, unlike a timer,
+// never sleeps: with nothing else to run it returns at once, and a timer
+// of a fraction of a millisecond would fire a millisecond late on an idle
+// process. It reports whether reqs was closed.
+func (s *Store) yieldForOps(batch *[]*op, cost *int, start time.Time) bool {
+	for k := 0; k < holdYields && len(*batch) < holdTarget && *cost < maxBatchCost && time.Since(start) < maxHold; k++ {
+		runtime.Gosched()
+		for len(*batch) < maxBatchOps && *cost < maxBatchCost {
+			select {
+			case o, ok := <-s.reqs:
+				if !ok {
+					return true
+				}
+				*batch = append(*batch, o)
+				*cost += o.cost()
+				continue
+			default:
+			}
+			break
+		}
+	}
+	return false
+}
+
 // Holding a batch back.
 const (
 	// maxHold bounds how long a batch waits for company: a fraction of
@@ -433,6 +462,8 @@ const (
 	// holdTarget: a batch this large (in ops) is not held back; its fsync
 	// is already shared well.
 	holdTarget = 32
+	// holdYields bounds the rounds of yielding a held batch waits.
+	holdYields = 4
 	// maxAckHold bounds how long a batch without a Put (acks, sweeps)
 	// waits, for a Put to commit with or for more of its kind: nobody
 	// waits for an ack's commit but the acking connection's ack worker,
