@@ -22,9 +22,10 @@
 // and applies it as one transaction with one fsync; each caller then gets
 // its own result. The more concurrent senders, the larger the batches and
 // the fewer fsyncs per message. When ops arrive faster than one per
-// ~0.3 ms but the batch is still small, the writer holds it for at most
-// 0.3 ms so that the next few share its commit; a lone sender at low load
-// is never held and pays exactly one fsync. Acks are not urgent (the relay
+// ~0.3 ms but the batch is still small, the writer first lets the
+// goroutines that are ready to run (readers holding Sends) submit theirs —
+// a few rounds of yielding, never a sleep — so that they share its commit;
+// a lone sender at low load is never held and pays exactly one fsync. Acks are not urgent (the relay
 // does not wait for them): a batch of only acks waits up to 5 ms for a Put
 // to ride with, or for more acks.
 //
