@@ -194,7 +194,7 @@ func (db *DB) History(ctx context.Context, conv string, limit int, before int64)
 		before = 1<<63 - 1
 	}
 	out, err := db.messages(ctx, "history of "+conv, "SELECT "+msgCols+
-		" FROM messages WHERE conv = ? AND sort_key < ? ORDER BY sort_key DESC LIMIT ?", conv, before, limit)
+		" FROM messages WHERE conv = ? AND sort_key < ? ORDER BY sort_key DESC LIMIT ?+0", conv, before, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -236,7 +236,7 @@ func (db *DB) Search(ctx context.Context, query, conv string, limit int) ([]Mess
 		limit = 50
 	}
 	return db.messages(ctx, "search", "SELECT "+msgColsM+` FROM messages_fts f JOIN messages m ON m.seq = f.rowid
-		WHERE messages_fts MATCH ? AND (? = '' OR m.conv = ?) ORDER BY m.received_ms DESC, m.seq DESC LIMIT ?`,
+		WHERE messages_fts MATCH ? AND (? = '' OR m.conv = ?) ORDER BY m.received_ms DESC, m.seq DESC LIMIT ?+0`,
 		q, conv, conv, limit)
 }
 

@@ -61,9 +61,11 @@ func (db *DB) Enqueue(ctx context.Context, it *OutboxItem) error {
 // PendingOutbox implements OutboxStore.
 func (db *DB) PendingOutbox(ctx context.Context, now time.Time, limit int) ([]int64, error) {
 	// The unary + keeps SQLite from using outbox_due here: walking the
-	// primary key in order and stopping at limit is what is cheap.
+	// primary key in order and stopping at limit is what is cheap. LIMIT
+	// ?+0 rather than LIMIT ?: SQLite re-prepares a statement whose bare
+	// LIMIT parameter is bound to a new value, on every call here.
 	rows, err := db.rq(ctx).QueryContext(ctx, `SELECT seq FROM outbox o WHERE +state = ? AND +not_before_ms <= ?
-		AND (depends_on = 0 OR NOT EXISTS (SELECT 1 FROM outbox d WHERE d.seq = o.depends_on)) ORDER BY seq LIMIT ?`,
+		AND (depends_on = 0 OR NOT EXISTS (SELECT 1 FROM outbox d WHERE d.seq = o.depends_on)) ORDER BY seq LIMIT ?+0`,
 		OutboxQueued, now.UnixMilli(), limit)
 	if err != nil {
 		return nil, fmt.Errorf("list outbox: %w", err)
@@ -447,7 +449,7 @@ func (db *DB) AppendEvent(ctx context.Context, kind string, data []byte, at time
 
 // EventsAfter implements EventStore.
 func (db *DB) EventsAfter(ctx context.Context, after int64, limit int) ([]StoredEvent, error) {
-	rows, err := db.rq(ctx).QueryContext(ctx, "SELECT seq, kind, data, created_ms FROM events WHERE seq > ? ORDER BY seq LIMIT ?", after, limit)
+	rows, err := db.rq(ctx).QueryContext(ctx, "SELECT seq, kind, data, created_ms FROM events WHERE seq > ? ORDER BY seq LIMIT ?+0", after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list events: %w", err)
 	}

@@ -115,18 +115,33 @@ type cached struct {
 	st *txState // set for writes in a transaction: counts them
 }
 
-func (q cached) stmt(ctx context.Context, query string) (*sql.Stmt, bool) {
+// stmt returns the prepared statement for query and the context to run
+// it with. In a transaction (or a snapshot) that context cannot be
+// cancelled: ctx is checked here, before each statement, instead. With a
+// context that can be cancelled, the driver starts a goroutine and
+// installs a progress handler for every statement so that it can
+// interrupt it; for the short statements of a transaction that cost more
+// than the statement itself. A cancelled ctx still ends the transaction
+// (database/sql rolls it back, and every later statement fails), only a
+// statement already running finishes first.
+func (q cached) stmt(ctx context.Context, query string) (*sql.Stmt, context.Context, bool) {
 	if q.st != nil {
 		q.st.writes++
 	}
+	if q.tx != nil {
+		if ctx.Err() != nil {
+			return nil, ctx, false // the plain call below reports the error
+		}
+		ctx = context.Background()
+	}
 	st, err := q.c.get(ctx, query, q.tx != nil)
 	if err != nil {
-		return nil, false // the plain call below reports the error
+		return nil, ctx, false // the plain call below reports the error
 	}
 	if q.tx != nil {
-		return q.tx.StmtContext(ctx, st), true
+		return q.tx.StmtContext(ctx, st), ctx, true
 	}
-	return st, true
+	return st, ctx, true
 }
 
 func (q cached) plain() querier {
@@ -137,21 +152,24 @@ func (q cached) plain() querier {
 }
 
 func (q cached) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if st, ok := q.stmt(ctx, query); ok {
+	st, ctx, ok := q.stmt(ctx, query)
+	if ok {
 		return st.ExecContext(ctx, args...)
 	}
 	return q.plain().ExecContext(ctx, query, args...)
 }
 
 func (q cached) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	if st, ok := q.stmt(ctx, query); ok {
+	st, ctx, ok := q.stmt(ctx, query)
+	if ok {
 		return st.QueryRowContext(ctx, args...)
 	}
 	return q.plain().QueryRowContext(ctx, query, args...)
 }
 
 func (q cached) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	if st, ok := q.stmt(ctx, query); ok {
+	st, ctx, ok := q.stmt(ctx, query)
+	if ok {
 		return st.QueryContext(ctx, args...)
 	}
 	return q.plain().QueryContext(ctx, query, args...)
