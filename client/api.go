@@ -99,7 +99,8 @@ func (c *Client) Send(ctx context.Context, to, text string, opts ...SendOption) 
 		}
 		sync := &protocol.Content{MessageId: newMessageIDBytes(), SentAtMs: content.SentAtMs,
 			Body: &protocol.Content_SyncSent{SyncSent: &protocol.SyncSent{Destination: to, Content: content}}}
-		return c.enqueuePairwise(ctx, t, content, sync, []string{to}, true, m.Seq, nil)
+		_, err = c.enqueuePairwiseRows(ctx, t, content, sync, []string{to}, true, m.Seq, nil, true)
+		return err
 	})
 	if untrusted != nil {
 		return MessageID{}, untrusted

@@ -12,11 +12,14 @@
 // # Guarantees
 //
 // Sending is outbox-first: Send commits the message and an outbox row
-// before it returns, and a background worker encrypts it for every device
-// of the recipient (and for this account's other devices, as a SyncSent,
-// so every device shows both sides), stores the encrypted Send frame in the
-// same transaction as the ratchet step (the rows due together share one
-// transaction), and sends it. A retry — after a
+// before it returns. The row is encrypted for every device of the
+// recipient (and for this account's other devices, as a SyncSent, so
+// every device shows both sides), and the encrypted Send frame is stored
+// in the same transaction as the ratchet step: in Send's own transaction
+// when the relay connection is up and every device already has a session
+// (receipts likewise, in the receive transaction that owes them),
+// otherwise by a background worker (the rows due together share one
+// transaction). The worker sends the stored frames in order. A retry — after a
 // reconnect, a crash, a relay restart — resends the same frame with the
 // same client id until the relay's SendAck, and the relay deduplicates by
 // that id, so a message is never stored twice. A refused send (a device

@@ -16,11 +16,13 @@ import (
 )
 
 // Sending. Everything that goes to other devices — messages, receipts,
-// group updates, sender keys, retry requests — is an outbox row first. The
-// outbox worker takes due rows in order, encrypts each for the devices it
-// addresses (fetching bundles and building sessions on demand) and stores
-// the resulting Send frame in the row in the same transaction as the
-// ratchet steps, then sends it. Up to SendWindow frames are in flight; a
+// group updates, sender keys, retry requests — is an outbox row first. A
+// pairwise row queued while connected, to devices with sessions, is
+// encrypted in the transaction that queues it (sealNow). The outbox
+// worker takes due rows in order, encrypts each row not yet encrypted for
+// the devices it addresses (fetching bundles and building sessions on
+// demand) and stores the resulting Send frame in the row in the same
+// transaction as the ratchet steps, then sends it. Up to SendWindow frames are in flight; a
 // row is deleted when its SendAck arrives. After a reconnect or a restart
 // an unacknowledged row is sent again byte for byte, with its client id,
 // so the relay answers the original SendAck instead of storing a copy.
@@ -42,6 +44,12 @@ func (c *Client) enqueuePairwise(ctx context.Context, t *txn, content, sync *pro
 }
 
 func (c *Client) enqueuePairwiseSeq(ctx context.Context, t *txn, content, sync *protocol.Content, accounts []string, own bool, msg int64, distGroup []byte) (int64, error) {
+	return c.enqueuePairwiseRows(ctx, t, content, sync, accounts, own, msg, distGroup, false)
+}
+
+// enqueuePairwiseRows is enqueuePairwiseSeq; trusted says the caller has
+// checked accounts against pending identity changes in this transaction.
+func (c *Client) enqueuePairwiseRows(ctx context.Context, t *txn, content, sync *protocol.Content, accounts []string, own bool, msg int64, distGroup []byte, trusted bool) (int64, error) {
 	me := c.me()
 	accounts = slices.DeleteFunc(slices.Clone(accounts), func(a string) bool { return a == me })
 	if len(accounts) == 0 && !own {
@@ -63,6 +71,9 @@ func (c *Client) enqueuePairwiseSeq(ctx context.Context, t *txn, content, sync *
 		n := min(len(accounts), maxAccountsPerSend)
 		it := &store.OutboxItem{Kind: store.OutboxPairwise, Message: msg, GroupID: distGroup, Accounts: accounts[:n],
 			OwnDevices: own && first, Content: padded, SyncContent: syncPadded, Created: now}
+		if err := c.sealNow(ctx, it, trusted); err != nil {
+			return 0, err
+		}
 		if err := c.db.Enqueue(ctx, it); err != nil {
 			return 0, err
 		}
@@ -71,6 +82,109 @@ func (c *Client) enqueuePairwiseSeq(ctx context.Context, t *txn, content, sync *
 	}
 	t.after = append(t.after, func() { wakeup(c.outboxWake) })
 	return last, nil
+}
+
+// sealNowMaxDevices bounds the devices a row may address to be encrypted
+// by sealNow; a larger fan-out is left to the outbox worker, which splits
+// a row whose frame grows too big.
+const sealNowMaxDevices = 8
+
+// sealNow encrypts a new pairwise row in the transaction that queues it,
+// when that needs nothing from the network: the relay connection is up,
+// every device the row addresses has a session already, and the list of
+// this account's other devices is known. The ratchet steps and the Send
+// frame then commit with the row (and with the message, for Send), and
+// the outbox worker only sends the stored frame: one commit per row
+// fewer. The worker would have addressed the same devices (devicesOf
+// fetches bundles only for an account without sessions).
+//
+// Anything else leaves the row to the worker, which handles each case
+// (fetching bundles, blocking on an identity change, deferring, failing):
+// no connection (a row that waits may go to a changed device list), a
+// device without a session, a pending identity change, more than
+// sealNowMaxDevices devices, an encryption that fails. A failure after the
+// encryption wrote ratchet state is undone by the enclosing Atomic (see
+// store.DB.Atomic). Only a failure of the store is returned.
+//
+// trusted: the caller checked it.Accounts against pending identity
+// changes in this transaction.
+func (c *Client) sealNow(ctx context.Context, it *store.OutboxItem, trusted bool) error {
+	if s, _ := c.currentSession(); s == nil {
+		return nil
+	}
+	if !trusted {
+		tc, err := c.newTrustCheck(ctx)
+		if err != nil {
+			return err
+		}
+		if tc.check(it.Accounts) != nil {
+			return nil
+		}
+	}
+	targets, ok, err := c.localTargets(ctx, it.Accounts, it.OwnDevices)
+	if err != nil || !ok {
+		return err
+	}
+	n := 0
+	for _, tg := range targets {
+		n += len(tg.devices)
+	}
+	if n == 0 || n > sealNowMaxDevices {
+		return nil
+	}
+	sealed := *it
+	err = c.db.Atomic(ctx, func(ctx context.Context) error {
+		_, err := c.sealPairwise(ctx, &sealed, targets)
+		return err
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c.log.Debug("outbox row left to the worker", "err", err)
+		return nil
+	}
+	*it = sealed
+	return nil
+}
+
+// localTargets is targets from the sessions this device holds, without
+// asking the key server; false when that is not enough.
+func (c *Client) localTargets(ctx context.Context, accounts []string, own bool) ([]target, bool, error) {
+	me := c.me()
+	p := c.protocol()
+	var out []target
+	for _, a := range accounts {
+		if a == me {
+			continue
+		}
+		devs, err := p.SessionDevices(ctx, a)
+		if err != nil || len(devs) == 0 {
+			return nil, false, err
+		}
+		out = append(out, target{account: a, devices: devs})
+	}
+	if own {
+		c.mu.Lock()
+		known := c.ownDevices
+		c.mu.Unlock()
+		if known == nil {
+			return nil, false, nil
+		}
+		if len(known) > 0 {
+			have, err := p.SessionDevices(ctx, me)
+			if err != nil {
+				return nil, false, err
+			}
+			for _, d := range known {
+				if !slices.Contains(have, d) {
+					return nil, false, nil
+				}
+			}
+			out = append(out, target{account: me, devices: known, sync: true})
+		}
+	}
+	return out, true, nil
 }
 
 // enqueueGroup queues content for every member device of a group, as one
@@ -770,6 +884,20 @@ func (c *Client) preparePairwise(ctx context.Context, it *store.OutboxItem) (*fl
 // the Send frame in the row, inside the caller's transaction. it is
 // updated; the flight holds a copy.
 func (c *Client) encryptPairwise(ctx context.Context, it *store.OutboxItem, targets []target) (*flight, error) {
+	send, err := c.sealPairwise(ctx, it, targets)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.db.UpdateOutbox(ctx, it); err != nil {
+		return nil, err
+	}
+	return &flight{item: *it, addrs: recipientsOf(send)}, nil
+}
+
+// sealPairwise encrypts row it for the devices of targets, inside the
+// caller's transaction, and sets its client id and frame (it does not
+// store them).
+func (c *Client) sealPairwise(ctx context.Context, it *store.OutboxItem, targets []target) (*protocol.Send, error) {
 	p := c.protocol()
 	send := &protocol.Send{ClientId: newClientID()}
 	for _, tg := range targets {
@@ -792,10 +920,7 @@ func (c *Client) encryptPairwise(ctx context.Context, it *store.OutboxItem, targ
 		return nil, err
 	}
 	it.ClientID, it.Frame, it.Error = send.ClientId, frame, ""
-	if err := c.db.UpdateOutbox(ctx, it); err != nil {
-		return nil, err
-	}
-	return &flight{item: *it, addrs: recipientsOf(send)}, nil
+	return send, nil
 }
 
 func (c *Client) prepareGroup(ctx context.Context, it *store.OutboxItem) (*flight, error) {
