@@ -387,7 +387,9 @@ func (s *Store) run() {
 		if durable(batch) {
 			if !closed && g.hold(start, len(batch), cost) > 0 {
 				s.stats.held.Add(1)
-				closed = s.yieldForOps(&batch, &cost, start)
+				// A close seen while yielding ends the loop at its next
+				// receive, after this batch.
+				s.yieldForOps(&batch, &cost, start)
 			}
 		} else if !closed {
 			// Acks wait for company: a Put to ride with, or more acks.
