@@ -143,12 +143,7 @@ func runCrashChild(t *testing.T, home, mode string) {
 // restart.
 func TestCrashInBatchedReceive(t *testing.T) {
 	const n = 12
-	ts := startServer(t)
-	alice := newParty(t, ts, "alice")
-	bob := newParty(t, ts, "bob")
-	alice.waitConnected()
-	bob.waitConnected()
-	handshake(alice, bob)
+	_, alice, bob := talkingPair(t)
 	bob.Close()
 
 	// Queued while bob is away: the relay hands them over together.
@@ -191,12 +186,7 @@ func TestCrashInBatchedReceive(t *testing.T) {
 // order, and alice sees each sent.
 func TestCrashInBatchedSend(t *testing.T) {
 	const n = 12
-	ts := startServer(t)
-	alice := newParty(t, ts, "alice")
-	bob := newParty(t, ts, "bob")
-	alice.waitConnected()
-	bob.waitConnected()
-	handshake(alice, bob)
+	_, alice, bob := talkingPair(t)
 
 	// Queued offline, so the outbox holds them all when alice connects.
 	alice.Close()
@@ -244,12 +234,7 @@ func TestCrashInBatchedSend(t *testing.T) {
 // middle of a conversation; nothing is lost or duplicated.
 func TestServerRestart(t *testing.T) {
 	const n = 60
-	ts := startServer(t)
-	alice := newParty(t, ts, "alice")
-	bob := newParty(t, ts, "bob")
-	alice.waitConnected()
-	bob.waitConnected()
-	handshake(alice, bob)
+	ts, alice, bob := talkingPair(t)
 
 	var wg sync.WaitGroup
 	sendAll := func(p *party, to, prefix string) {

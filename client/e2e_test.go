@@ -221,12 +221,7 @@ func TestSecondDevice(t *testing.T) {
 // and in order.
 func Test1000EachWay(t *testing.T) {
 	const n = 1000
-	ts := startServer(t)
-	alice := newParty(t, ts, "alice")
-	bob := newParty(t, ts, "bob")
-	alice.waitConnected()
-	bob.waitConnected()
-	handshake(alice, bob)
+	_, alice, bob := talkingPair(t)
 	start := time.Now()
 	done := make(chan error, 2)
 	go func() {
@@ -291,12 +286,7 @@ func Test1000EachWay(t *testing.T) {
 // or shown twice.
 func TestReceiveBatchFallback(t *testing.T) {
 	const n = 8
-	ts := startServer(t)
-	alice := newParty(t, ts, "alice")
-	bob := newParty(t, ts, "bob")
-	alice.waitConnected()
-	bob.waitConnected()
-	handshake(alice, bob)
+	_, alice, bob := talkingPair(t)
 	bob.Close()
 	want := make([]string, n)
 	var last MessageID

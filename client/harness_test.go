@@ -304,6 +304,19 @@ func (p *party) message(sender string, id MessageID) *Message {
 // once. (Simultaneous first messages make two sessions, and
 // go.mau.fi/libsignal v0.2.1 corrupts the current session when it
 // decrypts a message for the other one: see the report on crypto.)
+// talkingPair starts a server and two connected parties, alice and bob,
+// with sessions both ways.
+func talkingPair(t testing.TB) (*testServer, *party, *party) {
+	t.Helper()
+	ts := startServer(t)
+	alice := newParty(t, ts, "alice")
+	bob := newParty(t, ts, "bob")
+	alice.waitConnected()
+	bob.waitConnected()
+	handshake(alice, bob)
+	return ts, alice, bob
+}
+
 func handshake(a, b *party) {
 	a.t.Helper()
 	a.send(b.name, "hello from "+a.name)

@@ -15,12 +15,7 @@ import (
 // it (its frame opens at the recipient); every other row is left to the
 // outbox worker, unencrypted.
 func TestSealNow(t *testing.T) {
-	ts := startServer(t)
-	alice := newParty(t, ts, "alice")
-	bob := newParty(t, ts, "bob")
-	alice.waitConnected()
-	bob.waitConnected()
-	handshake(alice, bob)
+	ts, alice, bob := talkingPair(t)
 	ctx := context.Background()
 
 	content := &protocol.Content{MessageId: newMessageIDBytes(), SentAtMs: time.Now().UnixMilli(),
@@ -93,12 +88,7 @@ func TestSealNow(t *testing.T) {
 // arrive once each and in order, and every one is marked delivered.
 func TestSealedSendsInOrder(t *testing.T) {
 	const n = 40
-	ts := startServer(t)
-	alice := newParty(t, ts, "alice")
-	bob := newParty(t, ts, "bob")
-	alice.waitConnected()
-	bob.waitConnected()
-	handshake(alice, bob)
+	_, alice, bob := talkingPair(t)
 	ids := make([]MessageID, n)
 	for i := range n {
 		ids[i] = alice.send("bob", "sealed "+string(rune('A'+i)))

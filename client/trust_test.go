@@ -50,12 +50,7 @@ func identityChangedEv(from string) func(Event) bool {
 // raises an event, holds messages and blocks sending until Trust.
 func TestIdentityChange(t *testing.T) {
 	ctx := context.Background()
-	ts := startServer(t)
-	alice := newParty(t, ts, "alice")
-	bob := newParty(t, ts, "bob")
-	alice.waitConnected()
-	bob.waitConnected()
-	handshake(alice, bob)
+	_, alice, bob := talkingPair(t)
 	if err := alice.Verify(ctx, "bob"); err != nil {
 		t.Fatal(err)
 	}
@@ -120,12 +115,7 @@ func TestIdentityChange(t *testing.T) {
 // TestWarnOnly: a bot's policy accepts the change, with an event.
 func TestWarnOnly(t *testing.T) {
 	ctx := context.Background()
-	ts := startServer(t)
-	alice := newParty(t, ts, "alice")
-	bob := newParty(t, ts, "bob")
-	alice.waitConnected()
-	bob.waitConnected()
-	handshake(alice, bob)
+	_, alice, bob := talkingPair(t)
 	alice.Close()
 	alice.cfg.IdentityPolicy = WarnOnly
 	alice = recordOtherKey(t, alice, "bob", false)
@@ -146,12 +136,7 @@ func TestWarnOnly(t *testing.T) {
 // re-sends it on a fresh session after the retry request.
 func TestUndecryptableRecovers(t *testing.T) {
 	ctx := context.Background()
-	ts := startServer(t)
-	alice := newParty(t, ts, "alice")
-	bob := newParty(t, ts, "bob")
-	alice.waitConnected()
-	bob.waitConnected()
-	handshake(alice, bob)
+	_, alice, bob := talkingPair(t)
 
 	bob.Close()
 	db, err := store.Open(ctx, filepath.Join(bob.home, "hush.db"))
