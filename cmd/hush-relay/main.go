@@ -23,7 +23,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
@@ -218,21 +217,6 @@ Flags:
 	return o, nil
 }
 
-func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
-	}
-	hopts := &slog.HandlerOptions{Level: lvl}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, hopts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, hopts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", format)
-}
-
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parseFlags(args, stderr)
 	if err != nil {
@@ -243,7 +227,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			cassandra.SchemaVersion, strings.TrimSpace(cassandra.Schema()), app.PushSchema)
 		return err
 	}
-	if o.cfg.Logger, err = newLogger(o.logLevel, o.logFormat, stderr); err != nil {
+	if o.cfg.Logger, err = app.NewLogger(o.logLevel, o.logFormat, stderr); err != nil {
 		return err
 	}
 	if o.cfg.Relay.ClockOffset != 0 {
