@@ -10,12 +10,7 @@ import (
 // MessageEvent through a real in-process hush-server, with a window of
 // messages in flight (the outbox pipelines them).
 func BenchmarkSendReceive(b *testing.B) {
-	ts := startServer(b)
-	alice := newParty(b, ts, "alice")
-	bob := newParty(b, ts, "bob")
-	alice.waitConnected()
-	bob.waitConnected()
-	handshake(alice, bob)
+	_, alice, bob := talkingPair(b)
 	b.ResetTimer()
 	for i := range b.N {
 		if _, err := alice.Send(context.Background(), "bob", fmt.Sprintf("m%d", i)); err != nil {
@@ -44,12 +39,7 @@ func BenchmarkSendQueue(b *testing.B) {
 // one transaction (decrypt, store, event, receipts). Per message: the time
 // from bob's Open to the last MessageEvent.
 func BenchmarkReceiveDrain(b *testing.B) {
-	ts := startServer(b)
-	alice := newParty(b, ts, "alice")
-	bob := newParty(b, ts, "bob")
-	alice.waitConnected()
-	bob.waitConnected()
-	handshake(alice, bob)
+	_, alice, bob := talkingPair(b)
 	bob.Close()
 	var last MessageID
 	for i := range b.N {
@@ -67,12 +57,7 @@ func BenchmarkReceiveDrain(b *testing.B) {
 // acks completed together. Per message: the time from alice's Open to the
 // last one sent (✓).
 func BenchmarkOutboxDrain(b *testing.B) {
-	ts := startServer(b)
-	alice := newParty(b, ts, "alice")
-	bob := newParty(b, ts, "bob")
-	alice.waitConnected()
-	bob.waitConnected()
-	handshake(alice, bob)
+	_, alice, _ := talkingPair(b)
 	alice.Close()
 	cfg := alice.cfg
 	cfg.Offline = true
