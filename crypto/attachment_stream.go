@@ -414,7 +414,9 @@ func NewAttachmentDecrypter(dst io.Writer, size int64, key, digest []byte) (*Att
 
 // Write takes the next bytes of the blob. It fails with ErrTruncated for
 // bytes beyond the blob's size, and with dst's error once a write of
-// plaintext failed; either error is sticky.
+// plaintext failed; either error is sticky. dst is written on another
+// goroutine, so its failure may surface only in a later Write, or only in
+// Finish, which always reports it.
 func (a *AttachmentDecrypter) Write(b []byte) (int, error) {
 	n, err := a.d.write(b)
 	// The cleanup that stops the pipe is tied to a, not to a.d: keep a
