@@ -342,6 +342,41 @@ func (n *netNode) Ring(_ context.Context, bells []routing.Bell) ([]bool, error) 
 }
 func (n *netNode) Close() error { return nil }
 
+// trio is two relays sharing one store, alice and bob on the first (e's),
+// carol on the second (routed through nodeB).
+type trio struct {
+	e                 *env
+	nodeB             *netNode
+	alice, bob, carol *client
+}
+
+// skewedTrio starts a trio whose second relay's clock is shifted by skew,
+// each client past QueueEmpty. cfg, when not nil, adjusts the first relay's
+// Config.
+func skewedTrio(t *testing.T, skew time.Duration, cfg func(*Config)) trio {
+	t.Helper()
+	var net testNet
+	nodeA, nodeB := net.node(), net.node()
+	e := newEnv(t, func(c *Config, _ *queue.Options) {
+		c.Router = nodeA
+		if cfg != nil {
+			cfg(c)
+		}
+	})
+	_, urlB := secondRelay(t, e, nodeB, 2, func() time.Time { return time.Now().Add(skew) })
+	e.dir.set("alice", 1)
+	e.dir.set("bob", 1)
+	e.dir.set("carol", 1)
+	tr := trio{e: e, nodeB: nodeB}
+	tr.bob = e.connect("bob", 1)
+	tr.bob.nextOf("QueueEmpty")
+	tr.alice = e.connect("alice", 1)
+	tr.alice.nextOf("QueueEmpty")
+	tr.carol = e.connectURL(urlB, "carol", 1)
+	tr.carol.nextOf("QueueEmpty")
+	return tr
+}
+
 // secondRelay starts another relay on e's store and directory with the
 // given router and clock, and returns its WebSocket URL.
 func secondRelay(t *testing.T, e *env, router routing.Router, nodeID int64, now func() time.Time) (*Relay, string) {
@@ -381,19 +416,8 @@ func (e *env) connectURL(url, account string, device uint32) *client {
 // must still get it delivered, without a reconnect. The same for an
 // envelope whose bell was lost, found by the router's id-less poll bell.
 func TestCrossRelayBellBelowCursorDelivered(t *testing.T) {
-	var net testNet
-	nodeA, nodeB := net.node(), net.node()
-	e := newEnv(t, func(c *Config, _ *queue.Options) { c.Router = nodeA })
-	_, urlB := secondRelay(t, e, nodeB, 2, func() time.Time { return time.Now().Add(-10 * time.Second) })
-	e.dir.set("alice", 1)
-	e.dir.set("bob", 1)
-	e.dir.set("carol", 1)
-	bob := e.connect("bob", 1) // on relay A
-	bob.nextOf("QueueEmpty")
-	alice := e.connect("alice", 1) // on relay A
-	alice.nextOf("QueueEmpty")
-	carol := e.connectURL(urlB, "carol", 1) // on relay B, 10 s behind
-	carol.nextOf("QueueEmpty")
+	tr := skewedTrio(t, -10*time.Second, nil) // carol's relay 10 s behind
+	e, nodeB, alice, bob, carol := tr.e, tr.nodeB, tr.alice, tr.bob, tr.carol
 
 	high := alice.sendAndAck(sendTo(newClientID(), []byte("from A"), dev("bob", 1)))
 	if high.Error != nil {
@@ -546,19 +570,8 @@ func TestLocalSendBelowForeignCursorDelivered(t *testing.T) {
 		maxPending int
 	}{{"memory", 0}, {"queue", 1}} {
 		t.Run(tc.name, func(t *testing.T) {
-			var net testNet
-			nodeA, nodeB := net.node(), net.node()
-			e := newEnv(t, func(c *Config, _ *queue.Options) { c.Router, c.MaxPendingBytes = nodeA, tc.maxPending })
-			_, urlB := secondRelay(t, e, nodeB, 2, func() time.Time { return time.Now().Add(10 * time.Second) })
-			e.dir.set("alice", 1)
-			e.dir.set("bob", 1)
-			e.dir.set("carol", 1)
-			bob := e.connect("bob", 1) // on relay A
-			bob.nextOf("QueueEmpty")
-			alice := e.connect("alice", 1) // on relay A
-			alice.nextOf("QueueEmpty")
-			carol := e.connectURL(urlB, "carol", 1) // on relay B, 10 s ahead
-			carol.nextOf("QueueEmpty")
+			tr := skewedTrio(t, 10*time.Second, func(c *Config) { c.MaxPendingBytes = tc.maxPending }) // carol's relay 10 s ahead
+			e, alice, bob, carol := tr.e, tr.alice, tr.bob, tr.carol
 
 			high := carol.sendAndAck(sendTo(newClientID(), []byte("from B"), dev("bob", 1)))
 			if high.Error != nil {
