@@ -251,9 +251,9 @@ func TestServerRestart(t *testing.T) {
 	go sendAll(alice, "bob", "a")
 	go sendAll(bob, "alice", "b")
 	bob.waitFor("some of alice's", 10, hasPrefix("alice", "a"))
-	ts.stop()
+	ts.Stop()
 	time.Sleep(100 * time.Millisecond)
-	ts.start()
+	ts.Restart()
 	wg.Wait()
 
 	bob.waitFor("all of alice's", n, hasPrefix("alice", "a"))

@@ -20,7 +20,7 @@ func newBot(t *testing.T, ts *testServer, name string) (*Client, Config) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Register(context.Background(), ts.url(), name); err != nil {
+	if err := c.Register(context.Background(), ts.URL(), name); err != nil {
 		t.Fatal(err)
 	}
 	return c, cfg
@@ -196,7 +196,7 @@ func TestTokenRefreshAndKeys(t *testing.T) {
 	cfg.SignedPreKeyRotation = time.Second
 	cfg.KeyCheckInterval = 200 * time.Millisecond
 	bob := openParty(t, cfg, "bob")
-	if err := bob.Register(context.Background(), ts.url(), "bob"); err != nil {
+	if err := bob.Register(context.Background(), ts.URL(), "bob"); err != nil {
 		t.Fatal(err)
 	}
 	alice.waitConnected()
@@ -205,7 +205,7 @@ func TestTokenRefreshAndKeys(t *testing.T) {
 	alice.send("bob", "uses a one-time prekey")
 	bob.waitFor("first", 1, isText("alice", "uses a one-time prekey"))
 
-	ks, err := ksclient.New(ts.url())
+	ks, err := ksclient.New(ts.URL())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hushchat/hush/keyserver/ratelimit"
 	"github.com/hushchat/hush/server/app"
+	"github.com/hushchat/hush/server/app/apptest"
 )
 
 // The end-to-end tests run real hush-servers (key server + relay, SQLite,
@@ -33,63 +33,22 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-type testServer struct {
-	t      testing.TB
-	dir    string
-	addr   string
-	ttl    time.Duration
-	mu     sync.Mutex
-	app    *app.App
-	logger *slog.Logger
-}
+// testServer is an in-process hush-server (server/app/apptest).
+type testServer = apptest.Server
 
 func startServer(t testing.TB) *testServer {
 	return startServerTTL(t, 0)
 }
 
+// startServerTTL starts a server whose auth tokens live tokenTTL (0: the
+// default).
 func startServerTTL(t testing.TB, tokenTTL time.Duration) *testServer {
 	t.Helper()
-	ts := &testServer{t: t, dir: filepath.Join(t.TempDir(), "server"), addr: "127.0.0.1:0", ttl: tokenTTL, logger: testLogger(t)}
-	ts.start()
-	t.Cleanup(ts.stop)
-	return ts
-}
-
-func (ts *testServer) start() {
-	ts.t.Helper()
-	a, err := app.StartAllInOne(context.Background(), app.AllInOneConfig{
-		Listen:        ts.addr,
-		DataDir:       ts.dir,
-		TokenTTL:      ts.ttl,
-		AnonRate:      ratelimit.Rate{Burst: 100000, Per: time.Second},
-		BundleRate:    ratelimit.Rate{Burst: 100000, Per: time.Second},
-		ShutdownGrace: 5 * time.Second,
-		Logger:        ts.logger.With("side", "server"),
+	return apptest.Start(t, func(c *app.AllInOneConfig) {
+		c.TokenTTL = tokenTTL
+		c.Logger = testLogger(t).With("side", "server")
 	})
-	if err != nil {
-		ts.t.Fatalf("start hush-server: %v", err)
-	}
-	ts.mu.Lock()
-	ts.app, ts.addr = a, a.Addr()
-	ts.mu.Unlock()
 }
-
-func (ts *testServer) stop() {
-	ts.mu.Lock()
-	a := ts.app
-	ts.app = nil
-	ts.mu.Unlock()
-	if a == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := a.Shutdown(ctx); err != nil {
-		ts.t.Logf("shutdown hush-server: %v", err)
-	}
-}
-
-func (ts *testServer) url() string { return "http://" + ts.addr }
 
 func testConfig(t testing.TB, home string) Config {
 	return Config{
@@ -134,7 +93,7 @@ func newParty(t testing.TB, ts *testServer, name string) *party {
 	p := openParty(t, cfg, name)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := p.Register(ctx, ts.url(), name); err != nil {
+	if err := p.Register(ctx, ts.URL(), name); err != nil {
 		t.Fatalf("register %s: %v", name, err)
 	}
 	return p

@@ -29,9 +29,9 @@ import (
 
 	"github.com/hushchat/hush/crypto"
 	"github.com/hushchat/hush/internal/testenv"
-	"github.com/hushchat/hush/keyserver/ratelimit"
 	"github.com/hushchat/hush/protocol"
 	"github.com/hushchat/hush/server/app"
+	"github.com/hushchat/hush/server/app/apptest"
 	"github.com/hushchat/hush/server/media/backend"
 	"github.com/hushchat/hush/server/media/mediaapi"
 	"github.com/hushchat/hush/server/media/s3"
@@ -52,25 +52,11 @@ type mediaServer struct {
 
 func startMediaServer(t *testing.T, m app.MediaOptions) *mediaServer {
 	t.Helper()
-	ms := &mediaServer{dir: filepath.Join(t.TempDir(), "server"), kind: m.Kind}
-	a, err := app.StartAllInOne(context.Background(), app.AllInOneConfig{
-		Listen:        "127.0.0.1:0",
-		DataDir:       ms.dir,
-		AnonRate:      ratelimit.Rate{Burst: 100000, Per: time.Second},
-		BundleRate:    ratelimit.Rate{Burst: 100000, Per: time.Second},
-		ShutdownGrace: 5 * time.Second,
-		Logger:        testLogger(t).With("side", "server"),
-		Relay:         app.RelayOptions{Media: m},
+	srv := apptest.Start(t, func(c *app.AllInOneConfig) {
+		c.Logger = testLogger(t).With("side", "server")
+		c.Relay.Media = m
 	})
-	if err != nil {
-		t.Fatalf("start hush-server: %v", err)
-	}
-	ms.app = a
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		a.Shutdown(ctx)
-	})
+	ms := &mediaServer{app: srv.App(), dir: srv.DataDir(), kind: m.Kind}
 	return ms
 }
 
@@ -918,18 +904,10 @@ func FuzzParseMessageRef(f *testing.F) {
 func BenchmarkFileRoundTrip(b *testing.B) {
 	ctx := context.Background()
 	dir := b.TempDir()
-	a, err := app.StartAllInOne(ctx, app.AllInOneConfig{
-		Listen: "127.0.0.1:0", DataDir: filepath.Join(dir, "server"),
-		AnonRate: ratelimit.Rate{Burst: 100000, Per: time.Second}, BundleRate: ratelimit.Rate{Burst: 100000, Per: time.Second},
-		Relay: app.RelayOptions{Media: app.MediaOptions{QuotaBytes: 1 << 40}},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer a.Shutdown(ctx)
+	srv := apptest.Start(b, func(c *app.AllInOneConfig) { c.Relay.Media.QuotaBytes = 1 << 40 })
 	join := func(name string) *party {
 		p := openParty(b, testConfig(b, filepath.Join(dir, name)), name)
-		if err := p.Register(ctx, "http://"+a.Addr(), name); err != nil {
+		if err := p.Register(ctx, srv.URL(), name); err != nil {
 			b.Fatal(err)
 		}
 		p.waitConnected()

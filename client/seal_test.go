@@ -76,7 +76,7 @@ func TestSealNow(t *testing.T) {
 
 	// No connection: the row may wait, and go to a device list that
 	// changed meanwhile.
-	ts.stop()
+	ts.Stop()
 	eventually(t, "alice loses the connection", func() bool { s, _ := alice.currentSession(); return s == nil })
 	if it := seal("bob"); it.Frame != nil {
 		t.Fatal("a row queued without a connection was sealed")

@@ -18,8 +18,8 @@ import (
 	"github.com/charmbracelet/x/ansi"
 
 	"github.com/hushchat/hush/client"
-	"github.com/hushchat/hush/keyserver/ratelimit"
 	"github.com/hushchat/hush/server/app"
+	"github.com/hushchat/hush/server/app/apptest"
 )
 
 // The tests run a real hush-server (key server + relay on SQLite,
@@ -43,23 +43,8 @@ type testServer struct {
 
 func startServer(t testing.TB) *testServer {
 	t.Helper()
-	a, err := app.StartAllInOne(context.Background(), app.AllInOneConfig{
-		Listen:        "127.0.0.1:0",
-		DataDir:       filepath.Join(t.TempDir(), "server"),
-		AnonRate:      ratelimit.Rate{Burst: 100000, Per: time.Second},
-		BundleRate:    ratelimit.Rate{Burst: 100000, Per: time.Second},
-		ShutdownGrace: 5 * time.Second,
-		Logger:        testLogger(),
-	})
-	if err != nil {
-		t.Fatalf("start hush-server: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		a.Shutdown(ctx)
-	})
-	return &testServer{app: a, url: "http://" + a.Addr()}
+	s := apptest.Start(t, func(c *app.AllInOneConfig) { c.Logger = testLogger() })
+	return &testServer{app: s.App(), url: s.URL()}
 }
 
 func clientConfig(home string) client.Config {

@@ -4,13 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"log/slog"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/hushchat/hush/keyserver/ratelimit"
-	"github.com/hushchat/hush/server/app"
+	"github.com/hushchat/hush/server/app/apptest"
 )
 
 func TestUsage(t *testing.T) {
@@ -38,18 +35,9 @@ func TestUsage(t *testing.T) {
 // TestThroughputJSON runs the command as make bench does, briefly, against
 // an in-process hush-server, and checks the JSON fields and the counts.
 func TestThroughputJSON(t *testing.T) {
-	a, err := app.StartAllInOne(context.Background(), app.AllInOneConfig{
-		Listen:   "127.0.0.1:0",
-		DataDir:  t.TempDir() + "/data",
-		AnonRate: ratelimit.Rate{Burst: 1 << 30, Per: time.Second},
-		Logger:   slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Shutdown(context.Background())
+	a := apptest.Start(t)
 	var out, errs bytes.Buffer
-	code, err := run(context.Background(), []string{"throughput", "--server", "http://" + a.Addr(), "--json", "--quiet",
+	code, err := run(context.Background(), []string{"throughput", "--server", a.URL(), "--json", "--quiet",
 		"--pairs", "2", "--window", "8", "--warmup", "100ms", "--duration", "400ms"}, &out, &errs)
 	if code != 0 || err != nil {
 		t.Fatalf("exit %d: %v\n%s", code, err, errs.String())

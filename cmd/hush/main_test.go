@@ -3,11 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,8 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hushchat/hush/keyserver/ratelimit"
-	"github.com/hushchat/hush/server/app"
+	"github.com/hushchat/hush/server/app/apptest"
 )
 
 // These tests run hush as a real process (this test binary re-executed
@@ -36,22 +33,7 @@ func TestMain(m *testing.M) {
 
 func startServer(t *testing.T) string {
 	t.Helper()
-	a, err := app.StartAllInOne(context.Background(), app.AllInOneConfig{
-		Listen:     "127.0.0.1:0",
-		DataDir:    filepath.Join(t.TempDir(), "server"),
-		AnonRate:   ratelimit.Rate{Burst: 100000, Per: time.Second},
-		BundleRate: ratelimit.Rate{Burst: 100000, Per: time.Second},
-		Logger:     slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatalf("start hush-server: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		a.Shutdown(ctx)
-	})
-	return "http://" + a.Addr()
+	return apptest.Start(t).URL()
 }
 
 // hush returns a command running hush with args and HUSH_HOME=home.

@@ -10,8 +10,7 @@ import (
 	"time"
 
 	"github.com/hushchat/hush/client"
-	"github.com/hushchat/hush/keyserver/ratelimit"
-	"github.com/hushchat/hush/server/app"
+	"github.com/hushchat/hush/server/app/apptest"
 )
 
 // The test runs a real hush-server in process, the bot as main runs it,
@@ -19,22 +18,7 @@ import (
 
 func startServer(t *testing.T) string {
 	t.Helper()
-	a, err := app.StartAllInOne(context.Background(), app.AllInOneConfig{
-		Listen:     "127.0.0.1:0",
-		DataDir:    filepath.Join(t.TempDir(), "server"),
-		AnonRate:   ratelimit.Rate{Burst: 100000, Per: time.Second},
-		BundleRate: ratelimit.Rate{Burst: 100000, Per: time.Second},
-		Logger:     slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatalf("start hush-server: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		a.Shutdown(ctx)
-	})
-	return "http://" + a.Addr()
+	return apptest.Start(t).URL()
 }
 
 func fast(cfg *client.Config) {

@@ -13,8 +13,8 @@ import (
 
 	"github.com/hushchat/hush/cmd/hush-bench/internal/loadgen"
 	"github.com/hushchat/hush/keyserver"
-	"github.com/hushchat/hush/keyserver/ratelimit"
 	"github.com/hushchat/hush/server/app"
+	"github.com/hushchat/hush/server/app/apptest"
 	"github.com/hushchat/hush/server/media"
 	"github.com/hushchat/hush/server/media/disk"
 	"github.com/hushchat/hush/server/media/mediaapi"
@@ -34,28 +34,13 @@ type smokeServer struct {
 
 func startServer(t *testing.T) *smokeServer {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "data")
-	a, err := app.StartAllInOne(context.Background(), app.AllInOneConfig{
-		Listen:        "127.0.0.1:0",
-		DataDir:       dir,
-		AnonRate:      ratelimit.Rate{Burst: 1 << 30, Per: time.Second},
-		BundleRate:    ratelimit.Rate{Burst: 1 << 30, Per: time.Second},
-		Relay:         app.RelayOptions{MaxQueue: 100_000},
-		ShutdownGrace: 5 * time.Second,
-		Logger:        slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatalf("start hush-server: %v", err)
-	}
-	s := &smokeServer{url: "http://" + a.Addr(), dir: dir, app: a}
+	a := apptest.Start(t, func(c *app.AllInOneConfig) { c.Relay.MaxQueue = 100_000 })
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := a.Shutdown(ctx); err != nil {
+		if err := a.Shutdown(); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}
 	})
-	return s
+	return &smokeServer{url: a.URL(), dir: a.DataDir(), app: a.App()}
 }
 
 func newRunner(t *testing.T, cfg loadgen.Config) *Runner {

@@ -23,7 +23,7 @@ func TestChat(t *testing.T) {
 	ts := startServer(t)
 	alice := register(t, ts, "alice")
 	bob := register(t, ts, "Bob") // names are folded to lower case
-	if strings.TrimSpace(bob.must("whoami").stdout) != "bob (device 1) on "+ts.url() {
+	if strings.TrimSpace(bob.must("whoami").stdout) != "bob (device 1) on "+ts.URL() {
 		t.Fatalf("whoami = %q", bob.must("whoami").stdout)
 	}
 
@@ -365,10 +365,10 @@ func TestErrors(t *testing.T) {
 	alice := register(t, ts, "alice")
 	bob := register(t, ts, "bob")
 
-	if r := newUser(t, "alice2").run("register", "--server", ts.url(), "alice"); r.code != ExitFailed || !strings.Contains(r.stderr, "taken") {
+	if r := newUser(t, "alice2").run("register", "--server", ts.URL(), "alice"); r.code != ExitFailed || !strings.Contains(r.stderr, "taken") {
 		t.Fatalf("register a taken name: %+v", r)
 	}
-	if r := alice.run("register", "--server", ts.url(), "other"); r.code != ExitFailed || !strings.Contains(r.stderr, "already has the account alice") {
+	if r := alice.run("register", "--server", ts.URL(), "other"); r.code != ExitFailed || !strings.Contains(r.stderr, "already has the account alice") {
 		t.Fatalf("register twice: %+v", r)
 	}
 	if r := newUser(t, "x").run("register", "--server", "http://127.0.0.1:1", "xavier"); r.code != ExitNetwork {
@@ -394,7 +394,7 @@ func TestErrors(t *testing.T) {
 
 	// The server is down: send exits 4 with the message queued, and the
 	// next command that connects delivers it. Nothing is lost.
-	ts.stop()
+	ts.Stop()
 	r := alice.run("send", "--timeout", "1s", "bob", "while the server was down")
 	if r.code != ExitNetwork || !hexID.MatchString(strings.TrimSpace(r.stdout)) || !strings.Contains(r.stderr, "queued") {
 		t.Fatalf("send with the server down: %+v", r)
@@ -405,7 +405,7 @@ func TestErrors(t *testing.T) {
 	if r := alice.run("devices", "--timeout", "2s"); r.code != ExitNetwork {
 		t.Fatalf("devices with the server down: %+v", r)
 	}
-	ts.start()
+	ts.Restart()
 	alice.receive()
 	bob.receiveUntil("queued message", hasText("alice", "while the server was down"))
 	h := jsonLines(t, alice.must("history", "bob", "--json").stdout)

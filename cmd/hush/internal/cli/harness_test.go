@@ -15,64 +15,20 @@ import (
 	"time"
 
 	"github.com/hushchat/hush/client"
-	"github.com/hushchat/hush/keyserver/ratelimit"
-	serverapp "github.com/hushchat/hush/server/app"
+	"github.com/hushchat/hush/server/app/apptest"
 )
 
 // The tests run the CLI in process (Main with buffers) against a real
 // hush-server (key server + relay on SQLite, loopback) started in process,
 // the same wiring `make run` uses.
 
-type testServer struct {
-	t    testing.TB
-	dir  string
-	addr string
-	mu   sync.Mutex
-	app  *serverapp.App
-}
+// testServer is an in-process hush-server (server/app/apptest).
+type testServer = apptest.Server
 
 func startServer(t testing.TB) *testServer {
 	t.Helper()
-	ts := &testServer{t: t, dir: filepath.Join(t.TempDir(), "server"), addr: "127.0.0.1:0"}
-	ts.start()
-	t.Cleanup(ts.stop)
-	return ts
+	return apptest.Start(t)
 }
-
-func (ts *testServer) start() {
-	ts.t.Helper()
-	a, err := serverapp.StartAllInOne(context.Background(), serverapp.AllInOneConfig{
-		Listen:        ts.addr,
-		DataDir:       ts.dir,
-		AnonRate:      ratelimit.Rate{Burst: 100000, Per: time.Second},
-		BundleRate:    ratelimit.Rate{Burst: 100000, Per: time.Second},
-		ShutdownGrace: 5 * time.Second,
-		Logger:        slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		ts.t.Fatalf("start hush-server: %v", err)
-	}
-	ts.mu.Lock()
-	ts.app, ts.addr = a, a.Addr()
-	ts.mu.Unlock()
-}
-
-func (ts *testServer) stop() {
-	ts.mu.Lock()
-	a := ts.app
-	ts.app = nil
-	ts.mu.Unlock()
-	if a == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := a.Shutdown(ctx); err != nil {
-		ts.t.Logf("shutdown hush-server: %v", err)
-	}
-}
-
-func (ts *testServer) url() string { return "http://" + ts.addr }
 
 // fastClient shortens the client's timers so reconnects and held group
 // messages do not slow the tests down.
@@ -108,7 +64,7 @@ func newUser(t testing.TB, name string) *user {
 func register(t testing.TB, ts *testServer, name string) *user {
 	t.Helper()
 	u := newUser(t, strings.ToLower(name))
-	r := u.run("register", "--server", ts.url(), name)
+	r := u.run("register", "--server", ts.URL(), name)
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "registered "+u.name+" (device ") {
 		t.Fatalf("register %s: %+v", name, r)
 	}

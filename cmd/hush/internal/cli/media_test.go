@@ -171,7 +171,7 @@ func TestSendFileToGroup(t *testing.T) {
 func storedObjects(t *testing.T, ts *testServer) []string {
 	t.Helper()
 	var out []string
-	filepath.WalkDir(filepath.Join(ts.dir, "media", "objects"), func(p string, d fs.DirEntry, err error) error {
+	filepath.WalkDir(filepath.Join(ts.DataDir(), "media", "objects"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
 			out = append(out, p)
 		}
